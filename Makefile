@@ -1,0 +1,50 @@
+# mmc4_assets: `make demo` runs the pipeline offline on the bundled sample; `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export DAGSTER_HOME
+
+.PHONY: env libmagic instance test demo ui lint bench clean
+
+env: $(VENV)/.installed
+
+# python-magic needs the system libmagic; install it where we can (Debian, as root), else say how.
+libmagic:
+	@$(PYTHON) -c "import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library('magic') else 1)" \
+	|| { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	       echo "installing libmagic1 (needed by python-magic)"; \
+	       apt-get update -qq && apt-get install -y -qq libmagic1 >/dev/null; \
+	     else echo "libmagic is missing: install it (Debian/Ubuntu: sudo apt-get install libmagic1; macOS: brew install libmagic)"; exit 1; fi; }
+
+$(VENV)/.installed: pyproject.toml | libmagic
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# A persistent instance, so CLI runs, the daemon and the UI share their history.
+instance: $(DAGSTER_HOME)/dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+test: env
+	$(BIN)/python -m pytest -q
+
+demo: env instance
+	$(BIN)/python -m mmc4_assets.demo.run
+
+ui: env instance
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: env
+	$(BIN)/python benchmarks/bench_reassign.py
+	$(BIN)/python benchmarks/bench_download.py
+
+clean:
+	rm -rf $(VENV) .bench

@@ -1,0 +1,381 @@
+"""Image download throughput, memory and output validity: ours vs img2dataset vs the reference.
+
+Why one script: the three downloaders must see the SAME URL list from the SAME loopback web
+(several hosts, realistic latency, ~10% faults) in one run, or the ratios mean nothing. Each tool
+runs as a child process so its wall time and memory are its own; the web runs in this process.
+
+    .venv/bin/python benchmarks/bench_download.py --images 25000
+
+See benchmarks/README.md for what is measured and the options chosen for each tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / ".bench"
+OURS_PYTHON = ROOT / ".venv" / "bin" / "python"
+REFERENCE_PYTHON = BENCH / "reference" / "bin" / "python"
+REFERENCE_SCRIPT = ROOT.parent / "shared" / "reference" / "mmc4_scripts" / "download_images.py"
+IMG2DATASET_BIN = BENCH / "img2dataset" / "bin" / "img2dataset"
+MAX_SIDE = 800
+SIDECARS = {".json", ".txt", ".parquet", ".tmp", ".gz", ".tsv"}
+
+sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------- memory sampling
+
+
+class TreeMemory:
+    """Samples the summed RSS and PSS of a process and all its descendants.
+
+    Why both: the reference forks 16 workers and img2dataset 2 plus a logger; summed RSS counts
+    shared pages once per process, PSS splits them fairly. ru_maxrss only sees the largest one.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2):
+        self.pid, self.interval = pid, interval
+        self.peak_rss = self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+        found, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
+
+    @staticmethod
+    def _usage(pid: int) -> tuple[int, int]:
+        rss = pss = 0
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return rss, pss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            usage = [self._usage(pid) for pid in self._tree()]
+            self.peak_rss = max(self.peak_rss, sum(u[0] for u in usage))
+            self.peak_pss = max(self.peak_pss, sum(u[1] for u in usage))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_measured(cmd: list[str], *, cwd: Path, log: Path, env: dict | None = None) -> dict:
+    """Run ``cmd`` to completion; return wall time, exit code and memory peaks."""
+    with open(log, "wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        memory = TreeMemory(proc.pid)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        memory.stop()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "wall_s": wall,
+        "exit_code": proc.returncode,
+        "peak_tree_rss_mb": memory.peak_rss / 2**20,
+        "peak_tree_pss_mb": memory.peak_pss / 2**20,
+        "max_single_rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+# --------------------------------------------------------------------------- output checks
+
+
+def _invalid_reason(path: str) -> str | None:
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512).lower()
+        if b"<html" in head or b"<!doctype" in head:
+            return "html"
+        with Image.open(path) as image:
+            image.load()
+            if max(image.size) > MAX_SIDE:
+                return "over 800 px"
+    except Exception as error:  # noqa: BLE001 - any failure to decode makes the file invalid
+        return f"undecodable ({type(error).__name__})"
+    return None
+
+
+def audit_files(folder: Path) -> dict:
+    """Every image file a tool left: how many, and which are invalid (HTML, broken, > 800 px)."""
+    files = [
+        str(p)
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() not in SIDECARS and not p.name.startswith(".")
+    ]
+    with ProcessPoolExecutor(os.cpu_count() or 2) as pool:
+        reasons = list(pool.map(_invalid_reason, files, chunksize=256))
+    invalid = Counter(r.split(" (")[0] for r in reasons if r)
+    return {"files": len(files), "invalid": sum(invalid.values()), "invalid_kinds": dict(invalid)}
+
+
+# --------------------------------------------------------------------------- the three tools
+
+
+def run_ours(entries: list[dict], work: Path) -> dict:
+    refs = work / "refs.jsonl"
+    with open(refs, "w") as handle:
+        for i, entry in enumerate(entries):
+            row = {"doc": i // 5, "index": i % 5, "image_name": entry["image_name"]}
+            handle.write(json.dumps({**row, "url": entry["url"]}) + "\n")
+    data = work / "data"
+    cmd = [str(OURS_PYTHON), __file__, "--worker-ours", str(refs), str(data)]
+    result = run_measured(cmd, cwd=ROOT, log=work / "ours.log")
+    result.update(audit_files(data / "images"))
+    summary = work / "summary.json"
+    if summary.exists():
+        result.update(json.loads(summary.read_text()))
+    result["ok"] = result.get("outcomes", {}).get("ok", 0)
+    return result
+
+
+def worker_ours(refs_path: str, data_dir: str) -> None:
+    """Child-process side of run_ours: the project's downloader with default settings."""
+    import pandas as pd
+
+    from mmc4_assets.corpus.download import DownloadSettings, download_shard
+    from mmc4_assets.corpus.image_refs import ImageRef
+
+    with open(refs_path) as handle:
+        rows = [json.loads(line) for line in handle]
+    refs = [ImageRef(r["doc"], r["index"], r["image_name"], r["url"]) for r in rows]
+    settings = DownloadSettings(allow_private_networks=True)
+
+    def progress(info) -> None:
+        print(f"ours: {info.done}/{info.total} {info.images_per_second:.0f} img/s", flush=True)
+
+    table: pd.DataFrame = download_shard(
+        refs,
+        data_dir=Path(data_dir),
+        shard=0,
+        settings=settings,
+        previous=pd.DataFrame(),
+        progress=progress,
+        progress_interval=5.0,
+    )
+    summary = {
+        "settings": {"max_concurrency": settings.max_concurrency, "per_host": settings.per_host},
+        "outcomes": dict(Counter(table["outcome"])),
+        "outcome_by_url": dict(zip(table["url"], table["outcome"], strict=True)),
+    }
+    Path(data_dir).parent.joinpath("summary.json").write_text(json.dumps(summary))
+
+
+def run_img2dataset(entries: list[dict], work: Path, threads: int) -> dict:
+    urls = work / "urls.txt"
+    urls.write_text("".join(e["url"] + "\n" for e in entries))
+    out = work / "out"
+    cmd = [
+        str(IMG2DATASET_BIN),
+        f"--url_list={urls}",
+        "--input_format=txt",
+        f"--output_folder={out}",
+        "--output_format=files",
+        "--processes_count=2",
+        f"--thread_count={threads}",
+        "--number_sample_per_shard=1000",  # 10000 would leave one of two processes idle
+        f"--image_size={MAX_SIDE}",
+        "--resize_mode=keep_ratio_largest",
+        "--resize_only_if_bigger=True",
+        "--enable_wandb=False",
+    ]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    result = run_measured(cmd, cwd=work, log=work / "img2dataset.log", env=env)
+    result.update(audit_files(out))
+    stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
+    result["ok"] = sum(s.get("successes", 0) for s in stats)
+    return result
+
+
+def run_reference(entries: list[dict], work: Path) -> dict:
+    shard = work / "bench.jsonl"
+    with open(shard, "w") as handle:
+        for start in range(0, len(entries), 5):
+            images = [
+                {"image_name": e["image_name"], "raw_url": e["url"]}
+                for e in entries[start : start + 5]
+            ]
+            handle.write(json.dumps({"text_list": ["x"] * 5, "image_info": images}) + "\n")
+    images = work / "images"
+    cmd = [
+        str(REFERENCE_PYTHON),
+        str(REFERENCE_SCRIPT),
+        f"--input_jsonl={shard}",
+        f"--output_image_dir={images}/",
+        f"--report_dir={work / 'report'}/",
+    ]  # as it ships: 16 processes, chunks of 100
+    result = run_measured(cmd, cwd=work, log=work / "reference.log")
+    result.update(audit_files(images))
+    result["ok"] = result["files"] - result["invalid"]
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _row(name: str, attempted: int, r: dict) -> str:
+    rate = attempted / r["wall_s"] if r["wall_s"] else 0.0
+    r["images_per_s"] = rate
+    return (
+        f"{name:<12} {attempted:>7} {r['wall_s']:>8.1f} {rate:>8.1f} {r['ok']:>7} "
+        f"{r['files']:>7} {r['invalid']:>7} {r['peak_tree_rss_mb']:>9.0f} "
+        f"{r['peak_tree_pss_mb']:>9.0f} {r['max_single_rss_mb']:>9.0f} {r['exit_code']:>4}"
+    )
+
+
+def report(results: dict[str, tuple[int, dict]]) -> None:
+    print()
+    print(
+        f"{'tool':<12} {'URLs':>7} {'wall s':>8} {'img/s':>8} {'ok':>7} {'files':>7} "
+        f"{'invalid':>7} {'RSS MB':>9} {'PSS MB':>9} {'1proc MB':>9} {'rc':>4}"
+    )
+    for name, (attempted, r) in results.items():
+        print(_row(name, attempted, r))
+    print("  (img/s = attempted URLs / wall time; RSS/PSS = peak summed over the process tree;")
+    print(
+        "   1proc = ru_maxrss of the largest single process; invalid = HTML, undecodable, >800 px)"
+    )
+    ours = results.get("ours", (0, {}))[1].get("images_per_s")
+    for other in ("img2dataset", "reference"):
+        theirs = results.get(other, (0, {}))[1].get("images_per_s")
+        if ours and theirs:
+            print(f"ours / {other}: {ours / theirs:.2f}x images/s")
+    for name, (_, r) in results.items():
+        if r.get("invalid_kinds"):
+            print(f"{name} invalid files: {r['invalid_kinds']}")
+
+
+def expectation_check(entries: list[dict], r: dict) -> None:
+    """How often our recorded outcome matches what the loopback web says it should be."""
+    got = r.pop("outcome_by_url", {})
+    misses = Counter(
+        (e["expect"], got.get(e["url"], "missing"))
+        for e in entries
+        if got.get(e["url"]) != e["expect"]
+    )
+    print(f"ours outcomes: {r.get('outcomes')}")
+    print(f"ours outcome != expected: {sum(misses.values())} {dict(misses) if misses else ''}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=25_000)
+    parser.add_argument("--reference-images", type=int, default=1000)
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--latency-ms", type=float, default=30.0)
+    parser.add_argument("--img2dataset-threads", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-img2dataset", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--worker-ours", nargs=2, metavar=("REFS", "DATA_DIR"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.worker_ours:
+        worker_ours(*args.worker_ours)
+        return
+
+    from mmc4_assets.devtools.loopback_web import LoopbackWeb, build_benchmark_urls, warm_cache
+
+    BENCH.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-download-", dir=BENCH))
+    web = LoopbackWeb(args.hosts, args.latency_ms, stall_seconds=45, cache_dir=BENCH / "webcache")
+    results: dict[str, tuple[int, dict]] = {}
+    with web:
+        entries = build_benchmark_urls(web, args.images, seed=args.seed)
+        started = time.perf_counter()
+        rendered = warm_cache(web.cache_dir, [e["url"] for e in entries])
+        print(
+            f"{len(entries)} URLs on {args.hosts} hosts, {args.latency_ms:.0f} ms latency; "
+            f"rendered {rendered} new images in {time.perf_counter() - started:.0f} s; "
+            f"expected: {dict(Counter(e['expect'] for e in entries))}",
+            flush=True,
+        )
+        print(f"work folder: {work}", flush=True)
+        tools = [
+            ("ours", args.skip_ours, lambda d: run_ours(entries, d), len(entries)),
+            (
+                "img2dataset",
+                args.skip_img2dataset,
+                lambda d: run_img2dataset(entries, d, args.img2dataset_threads),
+                len(entries),
+            ),
+            (
+                "reference",
+                args.skip_reference,
+                lambda d: run_reference(entries[: args.reference_images], d),
+                min(len(entries), args.reference_images),
+            ),
+        ]
+        for name, skip, run, attempted in tools:
+            if skip:
+                continue
+            if name == "img2dataset" and not IMG2DATASET_BIN.exists():
+                subprocess.run(
+                    ["bash", str(ROOT / "benchmarks" / "setup_img2dataset.sh")], check=True
+                )
+            print(f"running {name} on {attempted} URLs ...", flush=True)
+            folder = work / name
+            folder.mkdir()
+            results[name] = (attempted, run(folder))
+            print(f"  {name}: {results[name][1]['wall_s']:.1f} s", flush=True)
+    if "ours" in results:
+        expectation_check(entries, results["ours"][1])
+    report(results)
+    if "reference" in results:
+        print(
+            f"note: the reference ran on the first {results['reference'][0]} URLs only "
+            "(it is slow); rates are compared, not totals."
+        )
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    record = {"args": vars(args), "results": {k: {"urls": n, **r} for k, (n, r) in results.items()}}
+    target = out / f"bench_download_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    target.write_text(json.dumps(record, indent=1, default=str))
+    print(f"results: {target}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

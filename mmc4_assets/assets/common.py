@@ -1,0 +1,21 @@
+"""What every shard asset needs: the shards of this run, and the backfill batching."""
+
+
+import dagster as dg
+
+from mmc4_assets.corpus.shards import parse_shard
+
+# A UI backfill over thousands of shards becomes runs of this many shards each.
+DOCS_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
+IMAGES_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=4)
+
+
+def run_shards(context: dg.AssetExecutionContext) -> list[tuple[str, int]]:
+    """(partition key, shard number) for each shard this run materializes: one, or a batch."""
+    return [(key, parse_shard(key)) for key in context.partition_keys]
+
+
+def url_or_text(location: str) -> dg.MetadataValue:
+    if location.startswith(("http://", "https://")):
+        return dg.MetadataValue.url(location)
+    return dg.MetadataValue.text(location)

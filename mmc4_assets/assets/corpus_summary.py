@@ -1,0 +1,54 @@
+"""corpus_summary: the whole corpus at a glance, aggregated from every shard's report metadata."""
+
+
+import time
+
+import dagster as dg
+
+from mmc4_assets.assets.images import STATUS_REPORT
+from mmc4_assets.corpus.status import OUTCOMES
+from mmc4_assets.resources import StalenessPolicy
+from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_due_at
+
+
+@dg.asset(
+    deps=[STATUS_REPORT],
+    group_name="images",
+    kinds={"python"},
+    description="Totals over all materialized shards: images per outcome, success rate, bytes, "
+    "and how many shards are due for a stale-image run. Built from metadata, not files.",
+)
+def corpus_summary(
+    context: dg.AssetExecutionContext, staleness: StalenessPolicy
+) -> dg.MaterializeResult:
+    latest = latest_storage_ids(context.instance, STATUS_REPORT)
+    totals = dict.fromkeys(OUTCOMES, 0)
+    images = nbytes = retryable = stale_shards = 0
+    now = time.time()
+    for record in fetch_records(context.instance, STATUS_REPORT, latest.values()):
+        meta = record.metadata
+        images += int(meta.get("images", 0))
+        nbytes += int(meta.get("bytes", 0))
+        retryable += int(meta.get("retryable_failures", 0))
+        for outcome in OUTCOMES:
+            totals[outcome] += int(meta.get(f"outcome_{outcome}", 0))
+        due_at = shard_due_at(meta, staleness)
+        if due_at is not None and due_at <= now:
+            stale_shards += 1
+    table = "| outcome | images |\n|---|---|\n" + "\n".join(
+        f"| {outcome} | {count} |" for outcome, count in totals.items()
+    )
+    context.log.info(f"{len(latest)} shards, {images} images, {totals['ok']} ok")
+    return dg.MaterializeResult(
+        metadata={
+            "shards": len(latest),
+            "images": images,
+            "ok": totals["ok"],
+            "success_rate": dg.MetadataValue.float(totals["ok"] / images if images else 0.0),
+            "bytes": nbytes,
+            "retryable_failures": retryable,
+            "stale_shards": stale_shards,
+            "outcomes": dg.MetadataValue.md(table),
+            **{f"outcome_{outcome}": count for outcome, count in totals.items()},
+        }
+    )

@@ -1,0 +1,263 @@
+"""The per-shard status table: schema, files, the reference report layout and summaries.
+
+One row per image of the shard, whatever happened to it. The parquet file is the source of truth
+(explicit Arrow schema, so an all-null column still has its type); the tsv.gz repeats it in the
+reference script's header-less layout for drop-in users.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_write
+
+OUTCOMES: tuple[str, ...] = (
+    "ok",
+    "http_error",
+    "timeout",
+    "connection_error",
+    "rate_limited",
+    "not_image",
+    "corrupt",
+    "too_large",
+    "blocked",
+    "opted_out",
+    "invalid_url",
+    "gone",
+)
+RETRYABLE_OUTCOMES: frozenset[str] = frozenset({"timeout", "connection_error", "rate_limited"})
+"""Outcomes worth another try later; http_error rows with http_status >= 500 are too."""
+
+_INT = "Int64"
+_STR = "string"
+COLUMN_TYPES: dict[str, str] = {
+    "shard": _INT,
+    "doc": _INT,
+    "index": _INT,
+    "image_name": _STR,
+    "url": _STR,
+    "outcome": _STR,
+    "http_status": _INT,
+    "error": _STR,
+    "path": _STR,
+    "mimetype": _STR,
+    "bytes": _INT,
+    "width": _INT,
+    "height": _INT,
+    "sha256": _STR,
+    "etag": _STR,
+    "last_modified": _STR,
+    "fetched_at": "datetime64[us, UTC]",
+    "attempts": _INT,
+    # Extras beyond DESIGN.md.
+    "host": _STR,
+    "original_width": _INT,
+    "original_height": _INT,
+}
+STATUS_COLUMNS: list[str] = list(COLUMN_TYPES)[:18]
+ALL_COLUMNS: list[str] = list(COLUMN_TYPES)
+_NOT_NULL = {"shard", "doc", "index", "image_name", "url", "outcome", "fetched_at", "attempts"}
+
+ARROW_SCHEMA = pa.schema(
+    [
+        pa.field(
+            name,
+            pa.timestamp("us", tz="UTC")
+            if kind.startswith("datetime")
+            else (pa.int64() if kind == _INT else pa.string()),
+            nullable=name not in _NOT_NULL,
+        )
+        for name, kind in COLUMN_TYPES.items()
+    ]
+)
+
+REFERENCE_TSV_COLUMNS = ["file", "folder", "local_identifier", "mimetype", "size", "status", "url"]
+
+
+def status_parquet_path(data_dir: str | Path, shard: int) -> Path:
+    return Path(data_dir) / "status" / f"{int(shard)}.parquet"
+
+
+def status_tsv_path(data_dir: str | Path, shard: int) -> Path:
+    return Path(data_dir) / "status" / f"{int(shard)}.tsv.gz"
+
+
+def normalize_status(table: pd.DataFrame | list[dict]) -> pd.DataFrame:
+    """Give a table (or rows) every column with its declared dtype, sorted by (doc, index)."""
+    frame = pd.DataFrame(table) if not isinstance(table, pd.DataFrame) else table.copy()
+    for name, kind in COLUMN_TYPES.items():
+        if name not in frame.columns:
+            frame[name] = pd.NA
+        if kind.startswith("datetime"):
+            frame[name] = pd.to_datetime(frame[name], utc=True).astype(kind)
+        else:
+            frame[name] = frame[name].astype(kind)
+    extra = [c for c in frame.columns if c not in COLUMN_TYPES]
+    frame = frame[ALL_COLUMNS + extra]
+    return frame.sort_values(["doc", "index"], kind="stable").reset_index(drop=True)
+
+
+def write_status(table: pd.DataFrame, data_dir: str | Path, shard: int) -> tuple[Path, Path]:
+    """Write the parquet and tsv.gz reports atomically; return their paths."""
+    frame = normalize_status(table)[ALL_COLUMNS]
+    arrow = pa.Table.from_pandas(frame, schema=ARROW_SCHEMA, preserve_index=False)
+    parquet_path = status_parquet_path(data_dir, shard)
+    with atomic_write(parquet_path, "wb") as handle:
+        pq.write_table(arrow, handle, compression="zstd")
+    tsv_path = status_tsv_path(data_dir, shard)
+    text = to_reference_tsv_frame(frame).to_csv(sep="\t", header=False, index=False)
+    with atomic_write(tsv_path, "wb") as handle:
+        with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0) as zipped:
+            zipped.write(text.encode("utf-8"))
+    return parquet_path, tsv_path
+
+
+def read_status(data_dir: str | Path, shard: int) -> pd.DataFrame | None:
+    """The shard's status table, or None when it was never written."""
+    path = status_parquet_path(data_dir, shard)
+    if not path.exists():
+        return None
+    return normalize_status(pq.read_table(path).to_pandas())
+
+
+def reference_status_code(row) -> int:
+    """The reference script's ``status`` number for one of our rows.
+
+    The reference records the HTTP status, and 408 for any exception. Rows that the reference
+    would have saved but we refuse get the HTTP code that names the reason, so ``status == 200``
+    still means "a file is there":
+
+    ================  ======================================
+    outcome           status
+    ================  ======================================
+    ok                200 (also after a 304 revalidation)
+    http_error        the HTTP status (400 if unknown)
+    timeout           408
+    connection_error  408
+    rate_limited      429
+    not_image         415 Unsupported Media Type
+    corrupt           422 Unprocessable Content
+    too_large         413 Content Too Large
+    blocked           403 Forbidden
+    opted_out         451 Unavailable For Legal Reasons
+    invalid_url       400 Bad Request
+    gone              410 Gone
+    ================  ======================================
+    """
+    outcome = row["outcome"]
+    if outcome == "http_error":
+        status = row["http_status"]
+        return int(status) if not pd.isna(status) else 400
+    return _REFERENCE_CODES.get(outcome, 400)
+
+
+_REFERENCE_CODES = {
+    "ok": 200,
+    "timeout": 408,
+    "connection_error": 408,
+    "rate_limited": 429,
+    "not_image": 415,
+    "corrupt": 422,
+    "too_large": 413,
+    "blocked": 403,
+    "opted_out": 451,
+    "invalid_url": 400,
+    "gone": 410,
+}
+
+
+def to_reference_tsv_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the reference report layout: file, folder, local_identifier, mimetype, size,
+    status, url (file is the saved image's path relative to the data dir, or empty)."""
+    frame = pd.DataFrame(
+        {
+            "file": table["path"].fillna("").astype(str),
+            "folder": [f"images/{int(shard)}" for shard in table["shard"]],
+            "local_identifier": table["image_name"].astype(str),
+            "mimetype": table["mimetype"].fillna("").astype(str),
+            "size": table["bytes"].astype("Int64").astype(str).replace("<NA>", ""),
+            "status": [reference_status_code(row) for _, row in table.iterrows()],
+            "url": table["url"].astype(str),
+        }
+    )
+    return frame[REFERENCE_TSV_COLUMNS].reset_index(drop=True)
+
+
+def row_host(row) -> str:
+    host = row.get("host") if hasattr(row, "get") else None
+    if isinstance(host, str) and host:
+        return host
+    try:
+        return (urlsplit(str(row["url"])).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def summarize(table: pd.DataFrame, top_hosts: int = 10) -> dict:
+    """Counts for the status report: per outcome (all listed), success rate, bytes, worst hosts."""
+    counts = table["outcome"].value_counts().to_dict() if len(table) else {}
+    per_outcome = {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
+    images = int(len(table))
+    ok = per_outcome["ok"]
+    failures: Counter[str] = Counter()
+    for _, row in table[table["outcome"] != "ok"].iterrows():
+        failures[row_host(row)] += 1
+    total_bytes = table.loc[table["outcome"] == "ok", "bytes"].fillna(0).sum() if images else 0
+    return {
+        "images": images,
+        "ok": ok,
+        "outcomes": per_outcome,
+        "success_rate": (ok / images) if images else 0.0,
+        "bytes": int(total_bytes),
+        "top_failing_hosts": failures.most_common(top_hosts),
+    }
+
+
+def is_retryable(row) -> bool:
+    """True for rows whose failure may well clear on a later try."""
+    if row["outcome"] in RETRYABLE_OUTCOMES:
+        return True
+    status = row["http_status"]
+    return row["outcome"] == "http_error" and not pd.isna(status) and int(status) >= 500
+
+
+def check_status(table: pd.DataFrame, refs, data_dir: str | Path) -> list[str]:
+    """Problems with a status table: each ref exactly one row, every ok row's file present."""
+    problems: list[str] = []
+    keys = Counter(zip(table["doc"].astype(int), table["index"].astype(int), strict=True))
+    expected = {(int(ref.doc), int(ref.index)) for ref in refs}
+    for key, count in keys.items():
+        if count > 1:
+            problems.append(f"image {key[0]}.{key[1]} has {count} rows")
+        if key not in expected:
+            problems.append(f"image {key[0]}.{key[1]} is not in the shard")
+    missing = expected - set(keys)
+    if missing:
+        sample = ", ".join(f"{d}.{i}" for d, i in sorted(missing)[:5])
+        problems.append(f"{len(missing)} images have no row (e.g. {sample})")
+    bad = [o for o in table["outcome"].unique() if o not in OUTCOMES]
+    if bad:
+        problems.append(f"unknown outcomes: {sorted(bad)}")
+    root = Path(data_dir)
+    for _, row in table[table["outcome"] == "ok"].iterrows():
+        path = row["path"]
+        if pd.isna(path) or not (root / str(path)).is_file():
+            problems.append(f"ok image {row['doc']}.{row['index']} has no file ({path})")
+    return problems
+
+
+def stream_reference_tsv(table: pd.DataFrame) -> bytes:
+    """The tsv.gz report as bytes (handy for tests and HTTP responses)."""
+    text = to_reference_tsv_frame(table).to_csv(sep="\t", header=False, index=False)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped:
+        zipped.write(text.encode("utf-8"))
+    return buffer.getvalue()

@@ -1,0 +1,35 @@
+"""The Dagster definitions of the mmc4 pipeline: assets, checks, resources, sensor, schedule."""
+
+import dagster as dg
+
+from mmc4_assets.assets.corpus_summary import corpus_summary
+from mmc4_assets.assets.docs import raw_docs, reassigned_docs
+from mmc4_assets.assets.images import download_images
+from mmc4_assets.checks import assignments_are_valid, every_image_has_one_status
+from mmc4_assets.resources import (
+    BackfillSettings,
+    CorpusStorage,
+    ImageDownloader,
+    ShardSource,
+    StalenessPolicy,
+)
+from mmc4_assets.schedules import new_shards_schedule
+from mmc4_assets.sensors import stale_images_sensor
+
+ASSETS = [raw_docs, reassigned_docs, download_images, corpus_summary]
+ASSET_CHECKS = [assignments_are_valid, every_image_has_one_status]
+RESOURCES = {
+    "storage": CorpusStorage(),
+    "shard_source": ShardSource(),
+    "image_downloader": ImageDownloader(),
+    "staleness": StalenessPolicy(),
+    "backfill": BackfillSettings(),
+}
+
+defs = dg.Definitions(
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
+    sensors=[stale_images_sensor],
+    schedules=[new_shards_schedule],
+    resources=RESOURCES,
+)

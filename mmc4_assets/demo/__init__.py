@@ -1,0 +1,1 @@
+"""Offline demo material: a generated sample shard shaped like real mmc4."""

@@ -1,0 +1,131 @@
+"""Configurable resources: where data lives, where shards come from, how images are fetched.
+
+Every field left unset falls back to the environment variable the design names, read when the
+resource is used, so `MMC4_DATA_DIR=/big/disk dagster asset materialize ...` just works.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from mmc4_assets.corpus.download import DownloadSettings
+from mmc4_assets.corpus.status import status_parquet_path, status_tsv_path
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class CorpusStorage(dg.ConfigurableResource):
+    """The data folder every asset writes under (layout in DESIGN.md)."""
+
+    data_dir: str | None = Field(
+        default=None, description="Root of all outputs; unset reads MMC4_DATA_DIR, else 'data'."
+    )
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_dir or os.environ.get("MMC4_DATA_DIR") or "data").absolute()
+
+    def raw_docs_path(self, shard: int) -> Path:
+        return self.root / "raw_docs" / f"{shard}.jsonl"
+
+    def reassigned_docs_path(self, shard: int) -> Path:
+        return self.root / "reassigned_docs" / f"{shard}.jsonl"
+
+    def images_dir(self, shard: int) -> Path:
+        return self.root / "images" / str(shard)
+
+    def status_parquet_path(self, shard: int) -> Path:
+        return status_parquet_path(self.root, shard)
+
+    def status_tsv_path(self, shard: int) -> Path:
+        return status_tsv_path(self.root, shard)
+
+
+class ShardSource(dg.ConfigurableResource):
+    """Where shard files come from: a `{shard}` template over any fsspec URL, or a local folder."""
+
+    docs_url: str | None = Field(
+        default=None, description="Template or folder; unset reads MMC4_DOCS_URL."
+    )
+
+    @property
+    def url(self) -> str | None:
+        return self.docs_url or os.environ.get("MMC4_DOCS_URL") or None
+
+
+class ImageDownloader(dg.ConfigurableResource):
+    """HTTP and validation settings of the image downloader (defaults are polite and safe)."""
+
+    max_concurrency: int = Field(default=64, description="Requests in flight at once.")
+    per_host: int = Field(default=8, description="Requests in flight at once to one host.")
+    connect_timeout: float = Field(default=5.0, description="Seconds to establish a connection.")
+    read_timeout: float = Field(default=10.0, description="Seconds without a byte from the server.")
+    total_deadline: float = Field(default=30.0, description="Seconds per attempt, all included.")
+    max_bytes: int = Field(default=25_000_000, description="Largest body accepted.")
+    max_pixels: int = Field(default=100_000_000, description="Largest image (w*h) decoded.")
+    max_attempts: int = Field(default=3, description="Tries for retryable failures.")
+    retry_after_cap: float = Field(default=30.0, description="Longest Retry-After honoured (s).")
+    user_agent: str | None = Field(default=None, description="User-Agent; unset uses ours.")
+    respect_opt_out: bool = Field(
+        default=True, description="Skip images served with X-Robots-Tag noai / noimageai."
+    )
+    allow_private_networks: bool | None = Field(
+        default=None,
+        description="Reach loopback/private addresses; unset reads MMC4_ALLOW_PRIVATE_NETWORKS.",
+    )
+
+    def settings(self) -> DownloadSettings:
+        allow_private = self.allow_private_networks
+        if allow_private is None:
+            allow_private = _env_flag("MMC4_ALLOW_PRIVATE_NETWORKS")
+        overrides = {"user_agent": self.user_agent} if self.user_agent else {}
+        return DownloadSettings(
+            max_concurrency=self.max_concurrency,
+            per_host=self.per_host,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            total_deadline=self.total_deadline,
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+            max_attempts=self.max_attempts,
+            retry_after_cap=self.retry_after_cap,
+            respect_opt_out=self.respect_opt_out,
+            allow_private_networks=allow_private,
+            **overrides,
+        )
+
+
+class StalenessPolicy(dg.ConfigurableResource):
+    """When a downloaded image counts as stale and how hard the sensor may push per tick."""
+
+    retry_cooldown_hours: float = Field(
+        default=24.0, description="Wait before retrying a retryable failure."
+    )
+    max_age_days: float = Field(default=180.0, description="Revalidate ok images older than this.")
+    max_runs_per_tick: int = Field(default=20, description="Run requests per sensor tick.")
+    shards_per_tick: int = Field(
+        default=2000, description="Shards whose metadata one sensor tick examines."
+    )
+
+    @property
+    def retry_cooldown(self) -> timedelta:
+        return timedelta(hours=self.retry_cooldown_hours)
+
+    @property
+    def max_age(self) -> timedelta:
+        return timedelta(days=self.max_age_days)
+
+
+class BackfillSettings(dg.ConfigurableResource):
+    """How fast the backfill schedule walks through never-materialized shards."""
+
+    shards_per_tick: int = Field(
+        default=4, ge=1, description="Runs (one shard each) launched per schedule tick."
+    )

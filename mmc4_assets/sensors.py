@@ -1,0 +1,84 @@
+"""The stale-image sensor: finds shards with stale images and re-downloads only those.
+
+Each tick examines the next chunk of materialized shards (a cursor walks all of them across ticks)
+using only the status_report metadata and one stat() per shard folder, and requests at most
+`max_runs_per_tick` runs. A run key made of the shard and its report's storage id means one report
+version never triggers two runs.
+"""
+
+
+import json
+import time
+
+import dagster as dg
+
+from mmc4_assets.assets.images import DOWNLOAD_RUN_TAGS, STATUS_REPORT, download_images
+from mmc4_assets.corpus.staleness import folder_mtime
+from mmc4_assets.resources import CorpusStorage, StalenessPolicy
+from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_due_at
+
+STALE_RUN_CONFIG = {"ops": {"download_images": {"config": {"only_stale": True}}}}
+
+
+def stale_reason(
+    metadata: dict, images_dir_mtime: float | None, now: float, policy: StalenessPolicy
+) -> str | None:
+    """Why a shard needs a stale run now, from its report metadata alone (None: it doesn't)."""
+    due_at = shard_due_at(metadata, policy)
+    if due_at is not None and due_at <= now:
+        return "due"
+    recorded_mtime = float(metadata.get("images_dir_mtime", -1.0))
+    if int(metadata.get("ok", 0)) > 0 and images_dir_mtime != recorded_mtime:
+        return "files_changed"
+    return None
+
+
+@dg.sensor(
+    target=download_images,
+    minimum_interval_seconds=600,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Re-downloads stale images: retryable failures past the cool-down, copies older "
+    "than the maximum age (revalidated), and files that went missing.",
+)
+def stale_images_sensor(
+    context: dg.SensorEvaluationContext, storage: CorpusStorage, staleness: StalenessPolicy
+) -> dg.SensorResult | dg.SkipReason:
+    latest = latest_storage_ids(context.instance, STATUS_REPORT)
+    if not latest:
+        return dg.SkipReason("no shard has a status report yet")
+    keys = sorted(latest, key=int)
+    position = json.loads(context.cursor)["position"] if context.cursor else 0
+    position %= len(keys)
+    chunk = keys[position : position + staleness.shards_per_tick]
+    now = time.time()
+    records = {
+        r.partition: r
+        for r in fetch_records(context.instance, STATUS_REPORT, (latest[k] for k in chunk))
+    }
+    requests: list[dg.RunRequest] = []
+    examined = 0
+    for key in chunk:
+        if len(requests) >= staleness.max_runs_per_tick:
+            break
+        examined += 1
+        record = records.get(key)
+        if record is None:
+            continue
+        reason = stale_reason(
+            record.metadata, folder_mtime(storage.images_dir(int(key))), now, staleness
+        )
+        if reason:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"stale:{key}:{record.storage_id}",
+                    partition_key=key,
+                    run_config=STALE_RUN_CONFIG,
+                    tags={**DOWNLOAD_RUN_TAGS, "mmc4/stale_reason": reason},
+                )
+            )
+    next_position = (position + examined) % len(keys)
+    context.log.info(
+        f"examined shards {chunk[0]}..{chunk[examined - 1] if examined else chunk[0]} "
+        f"({examined} of {len(keys)}), {len(requests)} stale"
+    )
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"position": next_position}))

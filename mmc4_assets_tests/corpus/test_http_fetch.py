@@ -1,0 +1,408 @@
+"""The HTTP client against real servers on 127.0.0.1: faults, limits, retries, policy."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import socket
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from mmc4_assets.corpus.http_fetch import (
+    FetchOptions,
+    HttpFetcher,
+    check_url,
+    opted_out,
+    parse_retry_after,
+)
+
+# --------------------------------------------------------------------------- test web
+
+
+class LocalServer:
+    """A ThreadingHTTPServer whose paths map to small handler functions; records requests."""
+
+    def __init__(self, routes: dict, host: str = "127.0.0.1", latency: float = 0.0) -> None:
+        self.routes = routes
+        self.requests: list[tuple[str, float, dict]] = []
+        self.active = 0
+        self.max_active = 0
+        self.max_active_by_path_prefix: dict[str, int] = {}
+        self.latency = latency
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                with server._lock:
+                    server.requests.append((self.path, time.monotonic(), dict(self.headers)))
+                    server.active += 1
+                    server.max_active = max(server.max_active, server.active)
+                try:
+                    if server.latency:
+                        time.sleep(server.latency)
+                    route = server.routes.get(self.path.split("?")[0])
+                    if route is None:
+                        send(self, 404, b"not found", "text/plain")
+                    else:
+                        route(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with server._lock:
+                        server.active -= 1
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.port = self.httpd.server_address[1]
+        self.host = host
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def count(self, path: str | None = None) -> int:
+        return sum(1 for p, _, _ in self.requests if path is None or p == path)
+
+    def times(self, path: str) -> list[float]:
+        return [t for p, t, _ in self.requests if p == path]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(h, status: int, body: bytes, ctype: str = "image/jpeg", headers: dict | None = None):
+    h.send_response(status)
+    h.send_header("Content-Type", ctype)
+    h.send_header("Content-Length", str(len(body)))
+    for key, value in (headers or {}).items():
+        h.send_header(key, value)
+    h.end_headers()
+    h.wfile.write(body)
+
+
+def image_bytes(width: int, height: int, fmt: str = "JPEG", color=(200, 40, 90)) -> bytes:
+    buffer = io.BytesIO()
+    mode = "RGBA" if fmt == "PNG" else "RGB"
+    fill = (*color, 255) if mode == "RGBA" else color
+    image = Image.new(mode, (width, height), fill)
+    # A little structure so encoders do real work.
+    for x in range(0, width, max(1, width // 10)):
+        for y in range(height):
+            image.putpixel((x, y), (0, 0, 0, 255) if mode == "RGBA" else (0, 0, 0))
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def hang_up(h) -> None:
+    """Close the connection abruptly (RST) without finishing the response."""
+    h.wfile.flush()
+    h.connection.setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+    )
+    h.close_connection = True
+    h.connection.shutdown(socket.SHUT_RDWR)
+
+
+FAST = dict(
+    allow_private_networks=True,
+    connect_timeout=1.0,
+    read_timeout=1.0,
+    total_deadline=3.0,
+    backoff_base=0.05,
+    backoff_max=0.2,
+    max_attempts=3,
+)
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def make(routes, **kwargs):
+        s = LocalServer(routes, **kwargs)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def fetcher(**overrides) -> HttpFetcher:
+    return HttpFetcher(FetchOptions(**{**FAST, **overrides}))
+
+
+JPEG = image_bytes(64, 48)
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_ok_body_and_validators_and_headers(server):
+    s = server({"/a.jpg": lambda h: send(h, 200, JPEG, headers={"ETag": '"v1"'})})
+    with fetcher(user_agent="mmc4-assets/0.1 (+test)") as f:
+        result = f.fetch(s.url("/a.jpg"))
+    assert result.outcome is None and result.body == JPEG and result.etag == '"v1"'
+    headers = s.requests[0][2]
+    assert headers["User-Agent"] == "mmc4-assets/0.1 (+test)"
+    assert "X-Forwarded-For" not in headers and "Googlebot" not in headers["User-Agent"]
+
+
+def test_404_is_final(server):
+    s = server({})
+    with fetcher() as f:
+        result = f.fetch(s.url("/missing.jpg"))
+    assert (result.outcome, result.http_status, result.attempts) == ("http_error", 404, 1)
+    assert s.count() == 1
+
+
+def test_500_is_retried_then_http_error(server):
+    s = server({"/e": lambda h: send(h, 500, b"boom", "text/plain")})
+    with fetcher() as f:
+        result = f.fetch(s.url("/e"))
+    assert (result.outcome, result.http_status, result.attempts) == ("http_error", 500, 3)
+    assert s.count("/e") == 3
+
+
+def test_429_retry_after_is_honoured(server):
+    calls = []
+
+    def limited(h):
+        calls.append(1)
+        if len(calls) == 1:
+            send(h, 429, b"slow down", "text/plain", {"Retry-After": "1"})
+        else:
+            send(h, 200, JPEG)
+
+    s = server({"/r": limited})
+    with fetcher(total_deadline=5.0) as f:
+        result = f.fetch(s.url("/r"))
+    assert result.outcome is None and result.attempts == 2
+    first, second = s.times("/r")
+    assert second - first >= 0.95
+
+
+def test_429_retry_after_over_cap_gives_up(server):
+    s = server({"/r": lambda h: send(h, 429, b"", "text/plain", {"Retry-After": "120"})})
+    with fetcher(retry_after_cap=2.0) as f:
+        result = f.fetch(s.url("/r"))
+    assert result.outcome == "rate_limited" and result.attempts == 1
+
+
+def test_retry_after_formats():
+    assert parse_retry_after("3") == 3.0
+    now = time.time()
+    assert 9 <= parse_retry_after(formatdate(now + 10, usegmt=True), now=now) <= 10.5
+    assert parse_retry_after("garbage") is None and parse_retry_after(None) is None
+
+
+def test_stall_before_headers_times_out_within_deadline(server):
+    s = server({"/stall": lambda h: time.sleep(5)})
+    with fetcher(read_timeout=0.5, total_deadline=1.0, max_attempts=3) as f:
+        started = time.monotonic()
+        result = f.fetch(s.url("/stall"))
+        elapsed = time.monotonic() - started
+    assert result.outcome == "timeout"
+    assert elapsed < 1.4
+
+
+def test_trickle_is_cut_by_total_deadline(server):
+    def trickle(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(JPEG)))
+        h.end_headers()
+        for byte in JPEG:
+            h.wfile.write(bytes([byte]))
+            h.wfile.flush()
+            time.sleep(0.1)
+
+    s = server({"/drip": trickle})
+    with fetcher(read_timeout=0.5, total_deadline=1.0) as f:
+        started = time.monotonic()
+        result = f.fetch(s.url("/drip"))
+        elapsed = time.monotonic() - started
+    assert result.outcome == "timeout"
+    assert elapsed < 1.4
+
+
+def test_connection_closed_mid_body_is_connection_error(server):
+    def midclose(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(JPEG)))
+        h.end_headers()
+        h.wfile.write(JPEG[: len(JPEG) // 2])
+        hang_up(h)
+
+    s = server({"/mid": midclose})
+    with fetcher() as f:
+        result = f.fetch(s.url("/mid"))
+    assert result.outcome == "connection_error" and result.attempts == 3
+
+
+def test_oversized_with_content_length_rejected_early(server):
+    big = b"\xff" * 200_000
+    s = server({"/big": lambda h: send(h, 200, big)})
+    with fetcher(max_bytes=50_000) as f:
+        result = f.fetch(s.url("/big"))
+    assert result.outcome == "too_large" and result.attempts == 1
+
+
+def test_oversized_without_content_length(server):
+    def endless(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for _ in range(100):
+            h.wfile.write(b"\x00" * 10_000)
+        h.close_connection = True
+
+    s = server({"/nolen": endless})
+    with fetcher(max_bytes=50_000) as f:
+        result = f.fetch(s.url("/nolen"))
+    assert result.outcome == "too_large"
+
+
+def test_gzip_bomb_capped_on_decoded_bytes(server):
+    packed = gzip.compress(b"\x00" * 2_000_000)
+    s = server({"/gz": lambda h: send(h, 200, packed, headers={"Content-Encoding": "gzip"})})
+    with fetcher(max_bytes=100_000) as f:
+        result = f.fetch(s.url("/gz"))
+    assert result.outcome == "too_large"
+
+
+def test_gzip_content_encoding_is_decoded(server):
+    s = server(
+        {"/gz": lambda h: send(h, 200, gzip.compress(JPEG), headers={"Content-Encoding": "gzip"})}
+    )
+    with fetcher() as f:
+        result = f.fetch(s.url("/gz"))
+    assert result.outcome is None and result.body == JPEG
+    assert "gzip" in s.requests[0][2]["Accept-Encoding"]
+
+
+def redirect_to(location: str):
+    return lambda h: send(h, 302, b"", "text/plain", {"Location": location})
+
+
+def test_redirect_chain_followed_and_limited(server):
+    s = server(
+        {
+            "/r1": redirect_to("/r2"),
+            "/r2": redirect_to("/r3"),
+            "/r3": lambda h: send(h, 200, JPEG),
+            "/loop": redirect_to("/loop"),
+        }
+    )
+    with fetcher(max_redirects=3) as f:
+        ok = f.fetch(s.url("/r1"))
+        looped = f.fetch(s.url("/loop"))
+    assert ok.outcome is None and ok.final_url.endswith("/r3")
+    assert looped.outcome == "http_error" and "redirects" in looped.error
+    assert s.count("/loop") == 4  # the first request plus max_redirects hops
+    assert looped.attempts == 1
+
+
+def test_redirect_to_other_scheme_is_invalid(server):
+    s = server({"/r": redirect_to("file:///etc/passwd")})
+    with fetcher() as f:
+        assert f.fetch(s.url("/r")).outcome == "invalid_url"
+
+
+def test_robots_opt_out(server):
+    s = server(
+        {
+            "/a": lambda h: send(h, 200, JPEG, headers={"X-Robots-Tag": "noai"}),
+            "/b": lambda h: send(h, 200, JPEG, headers={"X-Robots-Tag": "otherbot: NoImageAI"}),
+            "/c": lambda h: send(h, 200, JPEG, headers={"X-Robots-Tag": "noindex"}),
+        }
+    )
+    with fetcher() as f:
+        assert f.fetch(s.url("/a")).outcome == "opted_out"
+        assert f.fetch(s.url("/b")).outcome == "opted_out"
+        assert f.fetch(s.url("/c")).outcome is None
+    with fetcher(respect_opt_out=False) as f:
+        assert f.fetch(s.url("/a")).outcome is None
+    assert opted_out(["noindex, noai"]) and not opted_out(["nofollow"])
+
+
+def test_conditional_request_and_304(server):
+    def conditional(h):
+        if h.headers.get("If-None-Match") == '"v1"':
+            h.send_response(304)
+            h.send_header("ETag", '"v1"')
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        else:
+            send(h, 200, JPEG, headers={"ETag": '"v1"'})
+
+    s = server({"/c": conditional})
+    with fetcher() as f:
+        result = f.fetch(s.url("/c"), etag='"v1"', last_modified="Wed, 21 Oct 2015 07:28:00 GMT")
+    assert result.outcome == "not_modified" and result.http_status == 304
+    assert s.requests[0][2]["If-Modified-Since"] == "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
+def test_private_address_blocked_before_any_request(server):
+    s = server({"/a": lambda h: send(h, 200, JPEG)})
+    with fetcher(allow_private_networks=False) as f:
+        for url in (s.url("/a"), f"http://localhost:{s.port}/a", "http://[::1]/a"):
+            result = f.fetch(url)
+            assert result.outcome == "blocked", url
+            assert result.attempts == 1
+    assert s.count() == 0
+
+
+def test_redirect_to_private_address_blocked(server):
+    inner = server({"/secret": lambda h: send(h, 200, JPEG)}, host="127.0.0.2")
+    outer = server(
+        {
+            "/to-inner": redirect_to(inner.url("/secret")),
+            "/to-metadata": redirect_to("http://169.254.169.254/latest/meta-data"),
+        }
+    )
+    # Only 127.0.0.1 is let through: it stands in for a public host.
+    with fetcher(allow_private_networks=False, allowed_networks=("127.0.0.1/32",)) as f:
+        assert f.fetch(outer.url("/to-inner")).outcome == "blocked"
+        assert f.fetch(outer.url("/to-metadata")).outcome == "blocked"
+    assert inner.count() == 0 and outer.count() == 2
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "   ",
+        "ftp://example.com/a.jpg",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "http://",
+        "not a url",
+        "http://exa mple.com:99999/x",
+        "data:image/png;base64,AAAA",
+        "http://example.com/\x00.jpg",
+    ],
+)
+def test_invalid_urls(url):
+    with fetcher() as f:
+        result = f.fetch(url)
+    assert result.outcome == "invalid_url" and result.attempts == 0
+
+
+def test_check_url_accepts_normal_urls():
+    assert check_url(" https://example.com/a b.jpg ") == "https://example.com/a b.jpg"
