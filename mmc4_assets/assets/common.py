@@ -5,9 +5,9 @@ import dagster as dg
 
 from mmc4_assets.corpus.shards import parse_shard
 
-# A UI backfill over thousands of shards becomes runs of this many shards each.
-DOCS_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
-IMAGES_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=4)
+# A UI backfill over thousands of shards becomes runs of this many shards each (one policy for
+# every stage, so a backfill of the whole pipeline batches the same way at each step).
+SHARD_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=8)
 
 
 def run_shards(context: dg.AssetExecutionContext) -> list[tuple[str, int]]:

@@ -4,7 +4,7 @@
 import dagster as dg
 from mmc4_assets.corpus.docs import fetch_shard
 
-from mmc4_assets.assets.common import DOCS_BACKFILL_POLICY, run_shards, url_or_text
+from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, run_shards, url_or_text
 from mmc4_assets.corpus.assignment import reassign_shard
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ShardSource
@@ -12,7 +12,7 @@ from mmc4_assets.resources import CorpusStorage, ShardSource
 
 @dg.asset(
     partitions_def=shard_partitions,
-    backfill_policy=DOCS_BACKFILL_POLICY,
+    backfill_policy=SHARD_BACKFILL_POLICY,
     group_name="docs",
     kinds={"json"},
     description="The shard's documents as fetched from MMC4_DOCS_URL, unzipped and validated: "
@@ -50,7 +50,7 @@ def raw_docs(
 @dg.asset(
     deps=[raw_docs],
     partitions_def=shard_partitions,
-    backfill_policy=DOCS_BACKFILL_POLICY,
+    backfill_policy=SHARD_BACKFILL_POLICY,
     group_name="docs",
     kinds={"json"},
     description="raw_docs with matched_text_index / matched_sim recomputed by linear assignment "

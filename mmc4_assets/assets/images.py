@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from mmc4_assets.assets.common import IMAGES_BACKFILL_POLICY, run_shards
+from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, run_shards
 from mmc4_assets.corpus.download import ProgressInfo, download_shard
 from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.staleness import (
@@ -71,7 +71,7 @@ def _hosts_table(summary: dict) -> str:
         ),
     ],
     partitions_def=shard_partitions,
-    backfill_policy=IMAGES_BACKFILL_POLICY,
+    backfill_policy=SHARD_BACKFILL_POLICY,
     op_tags=DOWNLOAD_RUN_TAGS,
     pool="mmc4_download",
     name="download_images",

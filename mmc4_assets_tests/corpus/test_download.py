@@ -1,0 +1,282 @@
+"""download_shard end to end against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mmc4_assets.corpus.download import DownloadSettings, ProgressInfo, download_shard
+from mmc4_assets.corpus.image_refs import ImageRef
+from mmc4_assets.corpus.status import check_status, write_status
+from mmc4_assets_tests.corpus.test_http_fetch import LocalServer, hang_up, image_bytes, send
+from mmc4_assets_tests.corpus.test_imaging import bomb_png
+
+SETTINGS = DownloadSettings(
+    allow_private_networks=True,
+    connect_timeout=1.0,
+    read_timeout=1.0,
+    total_deadline=2.0,
+    backoff_base=0.05,
+    backoff_max=0.1,
+    max_bytes=2_000_000,
+    max_concurrency=16,
+    per_host=8,
+)
+BIG = image_bytes(2000, 1000)
+SMALL = image_bytes(500, 300)
+BIG_PNG = image_bytes(1600, 900, "PNG")
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def make(routes, **kwargs):
+        s = LocalServer(routes, **kwargs)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def by_key(table: pd.DataFrame) -> dict[tuple[int, int], dict]:
+    return {(int(r["doc"]), int(r["index"])): r for r in table.to_dict("records")}
+
+
+def test_every_fault_gets_its_outcome_and_no_bad_file(server, tmp_path: Path):
+    def truncated(h):
+        send(h, 200, SMALL[: len(SMALL) // 2])
+
+    def midclose(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Content-Length", str(len(SMALL)))
+        h.end_headers()
+        h.wfile.write(SMALL[:100])
+        hang_up(h)
+
+    s = server(
+        {
+            "/big.jpg": lambda h: send(h, 200, BIG),
+            "/small.jpg": lambda h: send(h, 200, SMALL),
+            "/big.png": lambda h: send(h, 200, BIG_PNG, "image/png"),
+            "/500": lambda h: send(h, 500, b"oops", "text/plain"),
+            "/429": lambda h: send(h, 429, b"", "text/plain", {"Retry-After": "100"}),
+            "/html": lambda h: send(h, 200, b"<html><body>hello</body></html>", "image/jpeg"),
+            "/truncated": truncated,
+            "/midclose": midclose,
+            "/huge": lambda h: send(h, 200, b"\xff\xd8" + b"\x00" * 3_000_000),
+            "/bomb.png": lambda h: send(h, 200, bomb_png(), "image/png"),
+            "/noai": lambda h: send(h, 200, SMALL, headers={"X-Robots-Tag": "otherbot: noai"}),
+            "/gzip": lambda h: send(
+                h, 200, gzip.compress(SMALL), headers={"Content-Encoding": "gzip"}
+            ),
+            "/redirect": lambda h: send(h, 301, b"", "text/plain", {"Location": "/small.jpg"}),
+            "/stall": lambda h: time.sleep(4),
+        }
+    )
+    cases = [
+        ("big.jpg", "/big.jpg", "ok"),
+        ("small.jpg", "/small.jpg", "ok"),
+        ("big.png", "/big.png", "ok"),
+        ("missing.jpg", "/missing", "http_error"),
+        ("e500.jpg", "/500", "http_error"),
+        ("r429.jpg", "/429", "rate_limited"),
+        ("html.jpg", "/html", "not_image"),
+        ("trunc.jpg", "/truncated", "corrupt"),
+        ("mid.jpg", "/midclose", "connection_error"),
+        ("huge.jpg", "/huge", "too_large"),
+        ("bomb.png", "/bomb.png", "too_large"),
+        ("noai.jpg", "/noai", "opted_out"),
+        ("gz.jpg", "/gzip", "ok"),
+        ("redir.jpg", "/redirect", "ok"),
+        ("stall.jpg", "/stall", "timeout"),
+    ]
+    refs = [ImageRef(0, i, name, s.url(path)) for i, (name, path, _) in enumerate(cases)]
+    refs.append(ImageRef(1, 0, "ftp.jpg", "ftp://example.com/a.jpg"))
+    refs.append(ImageRef(1, 1, "empty.jpg", ""))
+    seen: list[ProgressInfo] = []
+    started = time.monotonic()
+    table = download_shard(
+        refs, data_dir=tmp_path, shard=7, settings=SETTINGS, progress=seen.append
+    )
+    assert time.monotonic() - started < 6
+    rows = by_key(table)
+    for i, (_, _, outcome) in enumerate(cases):
+        assert rows[(0, i)]["outcome"] == outcome, (cases[i], rows[(0, i)]["error"])
+    assert rows[(1, 0)]["outcome"] == rows[(1, 1)]["outcome"] == "invalid_url"
+    assert rows[(0, 3)]["http_status"] == 404 and rows[(0, 4)]["attempts"] == 3
+    assert check_status(table, refs, tmp_path) == []
+    saved = {f"images/7/{name}" for name, _, outcome in cases if outcome == "ok"}
+    assert files_under(tmp_path) == saved
+    assert set(table.loc[table.outcome != "ok", "path"].isna()) == {True}
+    with Image.open(tmp_path / "images/7/big.jpg") as image:
+        assert (image.format, image.size) == ("JPEG", (800, 400))
+    with Image.open(tmp_path / "images/7/big.png") as image:
+        assert (image.format, image.size) == ("PNG", (800, 450))
+    assert (tmp_path / "images/7/small.jpg").read_bytes() == SMALL
+    assert (tmp_path / "images/7/gz.jpg").read_bytes() == SMALL
+    big = rows[(0, 0)]
+    assert (big["width"], big["height"], big["original_width"]) == (800, 400, 2000)
+    data = (tmp_path / "images/7/big.jpg").read_bytes()
+    assert big["sha256"] == hashlib.sha256(data).hexdigest() and big["bytes"] == len(data)
+    assert seen and seen[-1].done == seen[-1].total == len(refs)
+    assert sum(seen[-1].outcomes.values()) == len(refs)
+
+
+def test_per_host_limit_holds(server, tmp_path: Path):
+    s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(40)}, latency=0.05)
+    other = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(40)}, latency=0.05)
+    refs = [ImageRef(i, 0, f"a{i}.jpg", s.url(f"/{i}.jpg")) for i in range(40)]
+    refs += [ImageRef(100 + i, 0, f"b{i}.jpg", other.url(f"/{i}.jpg")) for i in range(40)]
+    # Two "hosts": 127.0.0.1 and localhost are different names for the limit.
+    refs[40:] = [r._replace(url=r.url.replace("127.0.0.1", "localhost")) for r in refs[40:]]
+    settings = DownloadSettings(**{**vars(SETTINGS), "per_host": 3, "max_concurrency": 32})
+    table = download_shard(refs, data_dir=tmp_path, shard=1, settings=settings)
+    assert (table.outcome == "ok").all()
+    assert 2 <= s.max_active <= 3 and 2 <= other.max_active <= 3
+
+
+def test_resume_fetches_nothing_valid(server, tmp_path: Path):
+    s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(10)})
+    refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(10)]
+    first = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS)
+    assert s.count() == 10
+    # Without a status file: files are checked by decoding.
+    again = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS)
+    assert s.count() == 10 and (again.outcome == "ok").all()
+    # With a status file: rows are carried over; a broken and a missing file are refetched,
+    # and a killed run's temporary is swept.
+    write_status(first, tmp_path, 3)
+    folder = tmp_path / "images/3"
+    (folder / "1.jpg").write_bytes(SMALL[:200])
+    (folder / "2.jpg").unlink()
+    (folder / ".5.jpg.abc.part").write_bytes(b"partial")
+    third = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS)
+    assert s.count() == 12 and sorted(p for p, _, _ in s.requests[10:]) == ["/1.jpg", "/2.jpg"]
+    assert (third.outcome == "ok").all() and not (folder / ".5.jpg.abc.part").exists()
+    assert (folder / "1.jpg").read_bytes() == SMALL
+
+
+def test_hostile_names_write_nothing_outside(server, tmp_path: Path):
+    s = server({"/a.jpg": lambda h: send(h, 200, SMALL)})
+    data_dir = tmp_path / "data"
+    names = [
+        "../../etc/passwd",
+        "/abs",
+        "a/b",
+        "..",
+        "x\x00y.jpg",
+        ".hidden",
+        "",
+        "ok.jpg",
+        "ok.jpg",
+    ]
+    refs = [ImageRef(0, i, name, s.url("/a.jpg")) for i, name in enumerate(names)]
+    table = download_shard(refs, data_dir=data_dir, shard=0, settings=SETTINGS)
+    assert (table.outcome == "ok").all()
+    assert files_under(tmp_path) == {f"data/{p}" for p in table["path"]}
+    assert table["path"].nunique() == len(names)
+    assert all(p.startswith("images/0/") and p.count("/") == 2 for p in table["path"])
+    assert table.loc[7, "path"] == "images/0/ok.jpg"
+    assert list(table["image_name"]) == names
+
+
+def test_private_address_blocked_without_request(server, tmp_path: Path):
+    s = server({"/a.jpg": lambda h: send(h, 200, SMALL)})
+    settings = DownloadSettings(**{**vars(SETTINGS), "allow_private_networks": False})
+    refs = [ImageRef(0, 0, "a.jpg", s.url("/a.jpg"))]
+    table = download_shard(refs, data_dir=tmp_path, shard=0, settings=settings)
+    assert list(table.outcome) == ["blocked"] and s.count() == 0
+    assert files_under(tmp_path) == set()
+
+
+def test_targets_mode_conditional_refresh(server, tmp_path: Path):
+    state = {"gone": False, "changed": False}
+    other = image_bytes(600, 400)
+
+    def validated(etag_value, body, can_vanish):
+        def route(h):
+            if can_vanish and state["gone"]:
+                return send(h, 404, b"", "text/plain")
+            current = '"v2"' if state["changed"] and body is other else etag_value
+            if h.headers.get("If-None-Match") == current:
+                h.send_response(304)
+                h.send_header("ETag", current)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return None
+            payload = other if state["changed"] and body is other else SMALL
+            return send(h, 200, payload, headers={"ETag": current})
+
+        return route
+
+    s = server(
+        {
+            "/same": validated('"v1"', SMALL, False),
+            "/changes": validated('"v1"', other, False),
+            "/vanishes": validated('"v1"', SMALL, True),
+            "/untouched": validated('"v1"', SMALL, True),
+        }
+    )
+    refs = [ImageRef(0, i, f"{p}.jpg", s.url(f"/{p}")) for i, p in enumerate(s.routes)]
+    refs = [r._replace(image_name=r.image_name.lstrip("/")) for r in refs]
+    first = download_shard(refs, data_dir=tmp_path, shard=5, settings=SETTINGS)
+    assert (first.outcome == "ok").all() and (first.etag == '"v1"').all()
+    state.update(gone=True, changed=True)
+    before = s.count()
+    table = download_shard(
+        refs,
+        data_dir=tmp_path,
+        shard=5,
+        settings=SETTINGS,
+        previous=first,
+        targets={(0, 0), (0, 1), (0, 2)},
+    )
+    rows = by_key(table)
+    assert s.count() - before == 3  # the untouched image was not requested
+    assert rows[(0, 0)]["outcome"] == "ok" and rows[(0, 0)]["http_status"] == 304
+    assert rows[(0, 0)]["fetched_at"] > by_key(first)[(0, 0)]["fetched_at"]
+    assert rows[(0, 1)]["outcome"] == "ok" and rows[(0, 1)]["etag"] == '"v2"'
+    assert (tmp_path / "images/5/changes.jpg").read_bytes() == other
+    assert rows[(0, 2)]["outcome"] == "gone" and rows[(0, 2)]["path"] is None
+    assert not (tmp_path / "images/5/vanishes.jpg").exists()
+    assert rows[(0, 3)] == by_key(first)[(0, 3)]
+    conditional = [h for p, _, h in s.requests[before:] if p == "/same"]
+    assert conditional[0]["If-None-Match"] == '"v1"'
+
+
+def test_first_time_404_is_http_error_not_gone(server, tmp_path: Path):
+    s = server({})
+    refs = [ImageRef(0, 0, "a.jpg", s.url("/a.jpg"))]
+    table = download_shard(refs, data_dir=tmp_path, shard=0, settings=SETTINGS, targets={(0, 0)})
+    assert table.loc[0, "outcome"] == "http_error" and table.loc[0, "http_status"] == 404
+
+
+def test_no_refs(tmp_path: Path):
+    table = download_shard([], data_dir=tmp_path, shard=9, settings=SETTINGS)
+    assert len(table) == 0 and "outcome" in table.columns
+    assert os.path.isdir(tmp_path / "images/9")
+
+
+def test_resized_result_is_jpeg_readable(server, tmp_path: Path):
+    s = server({"/big.jpg": lambda h: send(h, 200, BIG)})
+    refs = [ImageRef(0, 0, "big.jpg", s.url("/big.jpg"))]
+    download_shard(refs, data_dir=tmp_path, shard=0, settings=SETTINGS)
+    with Image.open(io.BytesIO((tmp_path / "images/0/big.jpg").read_bytes())) as image:
+        image.load()
+        assert image.size == (800, 400)
