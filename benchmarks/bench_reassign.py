@@ -39,7 +39,8 @@ import compute_assignments
 sys.argv = ["compute_assignments.py", sys.argv[1]]
 start, cpu = time.perf_counter(), time.process_time()
 compute_assignments.main()
-print("{TIMING_MARK}%r %r" % (time.perf_counter() - start, time.process_time() - cpu), file=sys.stderr)
+timing = (time.perf_counter() - start, time.process_time() - cpu)
+print("{TIMING_MARK}%r %r" % timing, file=sys.stderr)
 """
 
 OUR_RUNNER = f"""
@@ -47,7 +48,8 @@ import sys, time
 from mmc4_assets.corpus.assignment import reassign_shard
 start, cpu = time.perf_counter(), time.process_time()
 reassign_shard(sys.argv[1], sys.argv[2])
-print("{TIMING_MARK}%r %r" % (time.perf_counter() - start, time.process_time() - cpu), file=sys.stderr)
+timing = (time.perf_counter() - start, time.process_time() - cpu)
+print("{TIMING_MARK}%r %r" % timing, file=sys.stderr)
 """
 
 

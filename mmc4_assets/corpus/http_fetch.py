@@ -239,6 +239,7 @@ class HttpFetcher:
             block=False,
             retries=False,
             cert_reqs="CERT_REQUIRED",
+            ca_certs=_ca_bundle(),
         )
         self._headers = {
             "User-Agent": options.user_agent,
@@ -397,6 +398,15 @@ class HttpFetcher:
             return FetchResult("timeout", status, "total deadline passed"), None
         body = b"".join(chunks)
         return FetchResult(None, status, body=body, etag=etag, last_modified=last_modified), None
+
+
+def _ca_bundle() -> str | None:
+    """certifi's CA bundle when installed (it comes with requests), else the system store."""
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return certifi.where()
 
 
 def _discard(response) -> None:

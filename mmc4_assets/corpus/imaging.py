@@ -101,6 +101,9 @@ def _prepare_opened(image, data, mimetype, max_side, max_pixels) -> PreparedImag
         mimetype = Image.MIME.get(image.format or "", mimetype)
     new_size = target_size(width, height, max_side)
     if new_size == (width, height):
+        if image.format == "JPEG":
+            # Proving a JPEG whole needs its entropy decoding, not full-size pixels: 1/8 scale.
+            image.draft(image.mode, ((width + 7) // 8, (height + 7) // 8))
         _decode(image, mimetype, width * height)
         return PreparedImage(data, mimetype, width, height, width, height, False)
     fmt = image.format or ""
@@ -109,7 +112,7 @@ def _prepare_opened(image, data, mimetype, max_side, max_pixels) -> PreparedImag
     _decode(image, mimetype, 0 if fmt == "JPEG" else width * height)
     out_format = fmt if fmt in _SAVE_AS_SELF else "PNG"
     info = image.info
-    resized = image.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=2.0)
     encoded = _encode(resized, out_format, info)
     return PreparedImage(
         encoded, _MIME_OF[out_format], new_size[0], new_size[1], width, height, True

@@ -159,6 +159,14 @@ def reference_status_code(row) -> int:
     return _REFERENCE_CODES.get(outcome, 400)
 
 
+def reference_status_codes(table: pd.DataFrame) -> list[int]:
+    """reference_status_code for every row, without a per-row pandas Series."""
+    return [
+        reference_status_code({"outcome": outcome, "http_status": status})
+        for outcome, status in zip(table["outcome"], table["http_status"], strict=True)
+    ]
+
+
 _REFERENCE_CODES = {
     "ok": 200,
     "timeout": 408,
@@ -184,7 +192,7 @@ def to_reference_tsv_frame(table: pd.DataFrame) -> pd.DataFrame:
             "local_identifier": table["image_name"].astype(str),
             "mimetype": table["mimetype"].fillna("").astype(str),
             "size": table["bytes"].astype("Int64").astype(str).replace("<NA>", ""),
-            "status": [reference_status_code(row) for _, row in table.iterrows()],
+            "status": reference_status_codes(table),
             "url": table["url"].astype(str),
         }
     )
@@ -207,9 +215,12 @@ def summarize(table: pd.DataFrame, top_hosts: int = 10) -> dict:
     per_outcome = {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
     images = int(len(table))
     ok = per_outcome["ok"]
-    failures: Counter[str] = Counter()
-    for _, row in table[table["outcome"] != "ok"].iterrows():
-        failures[row_host(row)] += 1
+    failed = table[table["outcome"] != "ok"]
+    hosts = failed["host"] if "host" in failed.columns else pd.Series([None] * len(failed))
+    failures: Counter[str] = Counter(
+        host if isinstance(host, str) and host else row_host({"url": url})
+        for host, url in zip(hosts, failed["url"], strict=True)
+    )
     total_bytes = table.loc[table["outcome"] == "ok", "bytes"].fillna(0).sum() if images else 0
     return {
         "images": images,

@@ -16,8 +16,11 @@ import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import orjson
+
+from mmc4_assets.corpus.atomic import atomic_write
 from mmc4_assets.corpus.status import read_status, summarize
-from mmc4_assets.demo.sample_shard import write_sample_shard
+from mmc4_assets.demo.sample_shard import generate_documents
 from mmc4_assets.devtools.loopback_web import LoopbackWeb
 
 SHARD = 42
@@ -37,14 +40,35 @@ def serve_folder(folder: Path) -> ThreadingHTTPServer:
     return server
 
 
+# Every FAULT_EVERY-th image points at a misbehaving URL, so the demo shows what is recorded.
+FAULT_EVERY = 40
+FAULT_PATHS = (
+    "/fault/404/gone.jpg",
+    "/fault/html/page.jpg",
+    "/fault/truncated/cut.jpg",
+    "/fault/noai/optout.jpg",
+    "/fault/bomb.png",
+    "/fault/redirect/2/moved.jpg",
+    "/fault/gzip/zipped.jpg",
+    "/fault/500/broken.jpg",
+)
+
+
 def write_zipped_sample(folder: Path, image_base_url: str) -> Path:
+    """The sample shard, with a few fault URLs mixed in, zipped as the corpus ships it."""
     folder.mkdir(parents=True, exist_ok=True)
-    plain = folder / f"docs_no_face_shard_{SHARD}_v2.jsonl"
-    write_sample_shard(plain, documents=300, image_base_url=image_base_url)
-    zipped = plain.with_name(plain.name + ".zip")
-    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.write(plain, arcname=plain.name)
-    plain.unlink()
+    name = f"docs_no_face_shard_{SHARD}_v2.jsonl"
+    lines, count = [], 0
+    for document in generate_documents(300, seed=42, image_base_url=image_base_url):
+        for image in document["image_info"]:
+            count += 1
+            if count % FAULT_EVERY == 0:
+                fault = FAULT_PATHS[(count // FAULT_EVERY) % len(FAULT_PATHS)]
+                image["raw_url"] = image_base_url + fault
+        lines.append(orjson.dumps(document))
+    zipped = folder / f"{name}.zip"
+    with atomic_write(zipped) as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(name, b"\n".join(lines) + b"\n")
     return zipped
 
 

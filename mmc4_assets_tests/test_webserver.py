@@ -1,0 +1,337 @@
+"""End to end through the UI's API: dagster-webserver + dagster-daemon as subprocesses.
+
+What a user does in the browser, done over GraphQL: see the assets and their 23,085 shard
+partitions, click "Materialize" for shard 42 (the UI launches the implicit asset job with an asset
+selection and a partition tag), and watch the queued run go through the daemon to success.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+
+from mmc4_assets.corpus.shards import ALL_SHARDS
+
+BIN = Path(sys.executable).parent
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARD = "42"
+ASSETS = ["raw_docs", "reassigned_docs", "downloaded_images", "status_report"]
+IMPLICIT_ASSET_JOB = "__ASSET_JOB"
+SERVER_TIMEOUT = 120.0  # a cold start imports dagster three times over on a busy 2-core box
+RUN_TIMEOUT = 300.0
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+ASSET_NODES_QUERY = """
+query AssetNodes {
+  assetNodes {
+    assetKey { path }
+    jobNames
+    partitionDefinition { type }
+    partitionKeysByDimension { name partitionKeys }
+    repository { name location { name } }
+  }
+}
+"""
+
+LAUNCH_RUN_MUTATION = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+
+RUN_QUERY = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { runId status tags { key value } assetSelection { path } }
+    ... on PythonError { message }
+    ... on RunNotFoundError { message }
+  }
+}
+"""
+
+RUN_FAILURE_EVENTS_QUERY = """
+query RunLogs($runId: ID!) {
+  logsForRun(runId: $runId) {
+    __typename
+    ... on EventConnection {
+      events {
+        __typename
+        ... on MessageEvent { message level stepKey }
+        ... on ErrorEvent { error { message stack } }
+      }
+    }
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as error:
+        return f"<cannot read {path}: {error}>"
+
+
+def _stop(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process group (the code servers and runs it spawned too), then SIGKILL it."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Kill whatever is left of the group even when the leader already exited (orphaned children).
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@dataclass
+class Stack:
+    url: str
+    data_dir: Path
+    logs: dict[str, Path]
+    processes: dict[str, subprocess.Popen]
+
+    def diagnostics(self) -> str:
+        parts = []
+        for name, process in self.processes.items():
+            state = "running" if process.poll() is None else f"exited {process.returncode}"
+            parts.append(f"----- {name} ({state}), tail of {self.logs[name]}:\n")
+            parts.append(_tail(self.logs[name]))
+        return "\n".join(parts)
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"{name} exited with {process.returncode}\n{self.diagnostics()}"
+                )
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 60.0) -> dict:
+        response = requests.post(
+            f"{self.url}/graphql",
+            json={"query": query, "variables": variables or {}},
+            timeout=timeout,
+        )
+        assert response.status_code == 200, (
+            f"GraphQL HTTP {response.status_code}: {response.text[:2000]}\n{self.diagnostics()}"
+        )
+        body = response.json()
+        assert not body.get("errors"), f"GraphQL errors: {body['errors']}\n{self.diagnostics()}"
+        return body["data"]
+
+
+@pytest.fixture
+def docs_server(shard_folder) -> Iterator[str]:
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(shard_folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def stack(tmp_path, docs_server) -> Iterator[Stack]:
+    """dagster-webserver and dagster-daemon on one temporary instance; always torn down."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    data_dir = tmp_path / "data"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MMC4_DATA_DIR": str(data_dir),
+        "MMC4_DOCS_URL": docs_server + "/docs_no_face_shard_{shard}_v2.jsonl.zip",
+        "MMC4_ALLOW_PRIVATE_NETWORKS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    port = _free_port()
+    commands = {
+        "webserver": [
+            str(BIN / "dagster-webserver"),
+            *("-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)),
+        ],
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+    }
+    logs = {name: tmp_path / f"{name}.log" for name in commands}
+    processes: dict[str, subprocess.Popen] = {}
+    handles = []
+    try:
+        for name, command in commands.items():
+            handle = open(logs[name], "wb")  # noqa: SIM115 - closed in the finally below
+            handles.append(handle)
+            processes[name] = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so teardown reaches children
+            )
+        yield Stack(f"http://127.0.0.1:{port}", data_dir, logs, processes)
+    finally:
+        for process in processes.values():
+            _stop(process)
+        for handle in handles:
+            handle.close()
+
+
+def wait_for_server(stack: Stack, timeout: float = SERVER_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    last_error = "never answered"
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            response = requests.get(f"{stack.url}/server_info", timeout=5)
+            if response.status_code == 200:
+                # The server answers before the code location has loaded: wait for that too.
+                data = stack.graphql(
+                    "{ workspaceOrError { __typename ... on Workspace { locationEntries {"
+                    " name loadStatus } } } }"
+                )
+                entries = data["workspaceOrError"].get("locationEntries") or []
+                if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    return
+                last_error = f"locations: {entries}"
+            else:
+                last_error = f"HTTP {response.status_code}"
+        except requests.RequestException as error:
+            last_error = repr(error)
+        time.sleep(1.0)
+    raise AssertionError(
+        f"webserver not ready after {timeout:.0f}s ({last_error})\n{stack.diagnostics()}"
+    )
+
+
+def run_failure_details(stack: Stack, run_id: str) -> str:
+    try:
+        data = stack.graphql(RUN_FAILURE_EVENTS_QUERY, {"runId": run_id})
+    except AssertionError as error:
+        return f"<no run logs: {error}>"
+    events = (data["logsForRun"] or {}).get("events") or []
+    lines = []
+    for event in events:
+        if event.get("level") in {"ERROR", "CRITICAL"} or event.get("error"):
+            lines.append(f"{event['__typename']} {event.get('stepKey')}: {event.get('message')}")
+            if event.get("error"):
+                lines.append(event["error"]["message"] + "".join(event["error"]["stack"] or []))
+    return "\n".join(lines[-20:])
+
+
+def wait_for_run(stack: Stack, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
+    deadline = time.monotonic() + timeout
+    run: dict = {}
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        run = stack.graphql(RUN_QUERY, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        if run["status"] in TERMINAL:
+            return run
+        time.sleep(2.0)
+    raise AssertionError(
+        f"run {run_id} still {run.get('status')} after {timeout:.0f}s\n{stack.diagnostics()}"
+    )
+
+
+@pytest.mark.timeout(900)
+def test_materialize_a_shard_from_the_ui(stack):
+    wait_for_server(stack)
+
+    # The assets and their partitions, as the asset catalog shows them.
+    nodes = {
+        "/".join(node["assetKey"]["path"]): node
+        for node in stack.graphql(ASSET_NODES_QUERY, timeout=120)["assetNodes"]
+    }
+    assert set(ASSETS) | {"corpus_summary"} <= set(nodes), sorted(nodes)
+    for name in ASSETS:
+        node = nodes[name]
+        assert node["partitionDefinition"]["type"] == "STATIC", (name, node["partitionDefinition"])
+        (dimension,) = node["partitionKeysByDimension"]
+        keys = dimension["partitionKeys"]
+        assert len(keys) == len(set(keys)) == 23_085 == len(ALL_SHARDS), (name, len(keys))
+        assert {"0", SHARD, "23098"} <= set(keys) and "3218" not in keys
+        assert IMPLICIT_ASSET_JOB in node["jobNames"], (name, node["jobNames"])
+    repository = nodes["raw_docs"]["repository"]
+
+    # The "Materialize" button for shard 42: the implicit asset job with an asset selection.
+    params = {
+        "selector": {
+            "repositoryLocationName": repository["location"]["name"],
+            "repositoryName": repository["name"],
+            "jobName": IMPLICIT_ASSET_JOB,
+            "assetSelection": [{"path": [name]} for name in ASSETS],
+        },
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": SHARD}]},
+    }
+    launched = stack.graphql(LAUNCH_RUN_MUTATION, {"executionParams": params}, timeout=120)
+    result = launched["launchRun"]
+    assert result["__typename"] == "LaunchRunSuccess", f"{result}\n{stack.diagnostics()}"
+    run_id = result["run"]["runId"]
+
+    # Queued until the daemon's run coordinator launches it.
+    run = wait_for_run(stack, run_id)
+    assert run["status"] == "SUCCESS", (
+        f"run {run_id} ended {run['status']}\n{run_failure_details(stack, run_id)}\n"
+        f"{stack.diagnostics()}"
+    )
+    assert {"key": "dagster/partition", "value": SHARD} in run["tags"]
+    assert sorted("/".join(key["path"]) for key in run["assetSelection"]) == sorted(ASSETS)
+
+    data_dir = stack.data_dir
+    raw = (data_dir / "raw_docs" / f"{SHARD}.jsonl").read_bytes().splitlines()
+    reassigned = (data_dir / "reassigned_docs" / f"{SHARD}.jsonl").read_bytes().splitlines()
+    assert len(raw) == len(reassigned) == 40
+    assert [orjson.loads(line)["url"] for line in raw] == [
+        orjson.loads(line)["url"] for line in reassigned
+    ]
+    images = list((data_dir / "images" / SHARD).iterdir())
+    assert images, "no image downloaded"
+    assert (data_dir / "status" / f"{SHARD}.parquet").is_file()
+    assert (data_dir / "status" / f"{SHARD}.tsv.gz").is_file()
+
+    # The UI sees the materialization of the partition.
+    status = stack.graphql(
+        """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) {
+             ... on AssetNode { partitionStats { numMaterialized } } } }""",
+        {"key": {"path": ["status_report"]}},
+    )
+    assert status["assetNodeOrError"]["partitionStats"]["numMaterialized"] == 1
