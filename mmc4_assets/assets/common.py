@@ -1,9 +1,14 @@
 """What every shard asset needs: the shards of this run, and the backfill batching."""
 
 
+import warnings
+
 import dagster as dg
 
 from mmc4_assets.corpus.shards import parse_shard
+
+# BackfillPolicy is marked beta; we rely on it knowingly, so keep every CLI run's log free of it.
+warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
 
 # A UI backfill over thousands of shards becomes runs of this many shards each (one policy for
 # every stage, so a backfill of the whole pipeline batches the same way at each step).
