@@ -6,7 +6,7 @@ using only the status_report metadata and one stat() per shard folder, and reque
 version never triggers two runs.
 """
 
-
+import bisect
 import json
 import time
 
@@ -17,6 +17,7 @@ from mmc4_assets.corpus.staleness import folder_mtime
 from mmc4_assets.resources import CorpusStorage, StalenessPolicy
 from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_due_at
 
+DECODE_BATCH = 200
 STALE_RUN_CONFIG = {"ops": {"download_images": {"config": {"only_stale": True}}}}
 
 
@@ -46,39 +47,43 @@ def stale_images_sensor(
     latest = latest_storage_ids(context.instance, STATUS_REPORT)
     if not latest:
         return dg.SkipReason("no shard has a status report yet")
-    keys = sorted(latest, key=int)
-    position = json.loads(context.cursor)["position"] if context.cursor else 0
-    position %= len(keys)
-    chunk = keys[position : position + staleness.shards_per_tick]
+    shards = sorted(int(key) for key in latest)
+    # The cursor is the last shard examined, so shards materialized meanwhile shift nothing.
+    last = json.loads(context.cursor)["last_shard"] if context.cursor else -1
+    start = bisect.bisect_right(shards, last)
+    if start == len(shards):
+        start = 0  # a lap is complete: start over
+    chunk = shards[start : start + staleness.shards_per_tick]
     now = time.time()
-    records = {
-        r.partition: r
-        for r in fetch_records(context.instance, STATUS_REPORT, (latest[k] for k in chunk))
-    }
     requests: list[dg.RunRequest] = []
-    examined = 0
-    for key in chunk:
+    examined: list[int] = []
+    # Decoding event metadata is what a tick costs, so decode in small batches and stop at the cap.
+    for batch_start in range(0, len(chunk), DECODE_BATCH):
         if len(requests) >= staleness.max_runs_per_tick:
             break
-        examined += 1
-        record = records.get(key)
-        if record is None:
-            continue
-        reason = stale_reason(
-            record.metadata, folder_mtime(storage.images_dir(int(key))), now, staleness
-        )
-        if reason:
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"stale:{key}:{record.storage_id}",
-                    partition_key=key,
-                    run_config=STALE_RUN_CONFIG,
-                    tags={**DOWNLOAD_RUN_TAGS, "mmc4/stale_reason": reason},
+        batch = chunk[batch_start : batch_start + DECODE_BATCH]
+        ids = [latest[str(shard)] for shard in batch]
+        records = {r.partition: r for r in fetch_records(context.instance, STATUS_REPORT, ids)}
+        for shard in batch:
+            if len(requests) >= staleness.max_runs_per_tick:
+                break
+            examined.append(shard)
+            record = records.get(str(shard))
+            if record is None:
+                continue
+            mtime = folder_mtime(storage.images_dir(shard))
+            reason = stale_reason(record.metadata, mtime, now, staleness)
+            if reason:
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"stale:{shard}:{record.storage_id}",
+                        partition_key=str(shard),
+                        run_config=STALE_RUN_CONFIG,
+                        tags={**DOWNLOAD_RUN_TAGS, "mmc4/stale_reason": reason},
+                    )
                 )
-            )
-    next_position = (position + examined) % len(keys)
     context.log.info(
-        f"examined shards {chunk[0]}..{chunk[examined - 1] if examined else chunk[0]} "
-        f"({examined} of {len(keys)}), {len(requests)} stale"
+        f"examined shards {examined[0]}..{examined[-1]} ({len(examined)} of {len(shards)}), "
+        f"{len(requests)} stale"
     )
-    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"position": next_position}))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"last_shard": examined[-1]}))

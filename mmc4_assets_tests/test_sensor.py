@@ -199,7 +199,7 @@ def test_cursor_walks_shards_in_chunks_and_run_keys_follow_report_versions(
     second = tick(instance, one_per_tick, first.cursor)
     assert [r.partition_key for r in first.run_requests] == ["43"]
     assert [r.partition_key for r in second.run_requests] == ["44"]
-    assert json.loads(second.cursor)["position"] == 2
+    assert json.loads(second.cursor)["last_shard"] == 44
 
     # a full lap later, the same report version gives the same run key: the daemon skips it
     again = tick(instance, one_per_tick, tick(instance, one_per_tick, second.cursor).cursor)
@@ -223,3 +223,18 @@ def test_requests_per_tick_are_capped_and_the_rest_wait(
     assert [r.partition_key for r in first.run_requests] == ["43", "44"]
     second = tick(instance, capped, first.cursor)
     assert [r.partition_key for r in second.run_requests][0] == "45"
+
+
+def test_a_shard_materialized_between_ticks_is_not_skipped(
+    instance, pipeline_env, shard_folder, host
+):
+    for shard in (43, 44, 45):
+        write_image_shard(shard_folder, shard, host.urls(f"s{shard}"))
+    for shard in (43, 45):
+        assert materialize_shard(instance, PIPELINE, str(shard)).success
+    one_per_tick = StalenessPolicy(max_age_days=0, shards_per_tick=1)
+    first = tick(instance, one_per_tick)
+    assert [r.partition_key for r in first.run_requests] == ["43"]
+    assert materialize_shard(instance, PIPELINE, "44").success
+    second = tick(instance, one_per_tick, first.cursor)
+    assert [r.partition_key for r in second.run_requests] == ["44"]
