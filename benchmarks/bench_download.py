@@ -111,6 +111,7 @@ def run_measured(cmd: list[str], *, cwd: Path, log: Path, env: dict | None = Non
         "peak_tree_rss_mb": memory.peak_rss / 2**20,
         "peak_tree_pss_mb": memory.peak_pss / 2**20,
         "max_single_rss_mb": usage.ru_maxrss / 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,  # the whole tree, once every child was reaped
     }
 
 
@@ -257,7 +258,8 @@ def _row(name: str, attempted: int, r: dict) -> str:
     return (
         f"{name:<12} {attempted:>7} {r['wall_s']:>8.1f} {rate:>8.1f} {r['ok']:>7} "
         f"{r['files']:>7} {r['invalid']:>7} {r['peak_tree_rss_mb']:>9.0f} "
-        f"{r['peak_tree_pss_mb']:>9.0f} {r['max_single_rss_mb']:>9.0f} {r['exit_code']:>4}"
+        f"{r['peak_tree_pss_mb']:>9.0f} {r['max_single_rss_mb']:>9.0f} {r['cpu_s']:>7.0f} "
+        f"{r['exit_code']:>4}"
     )
 
 
@@ -265,7 +267,7 @@ def report(results: dict[str, tuple[int, dict]]) -> None:
     print()
     print(
         f"{'tool':<12} {'URLs':>7} {'wall s':>8} {'img/s':>8} {'ok':>7} {'files':>7} "
-        f"{'invalid':>7} {'RSS MB':>9} {'PSS MB':>9} {'1proc MB':>9} {'rc':>4}"
+        f"{'invalid':>7} {'RSS MB':>9} {'PSS MB':>9} {'1proc MB':>9} {'CPU s':>7} {'rc':>4}"
     )
     for name, (attempted, r) in results.items():
         print(_row(name, attempted, r))
