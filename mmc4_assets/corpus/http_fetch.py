@@ -6,6 +6,11 @@ shuts the socket of any request that outlives it, so a server trickling one byte
 cannot hold a worker past the deadline. Retries (timeouts, connection errors, 429, 5xx) back off
 exponentially with jitter and honour Retry-After up to a cap; a Retry-After above the cap ends
 the image as ``rate_limited`` rather than hammer the host early.
+
+Classification: a body cut short against its Content-Length (the connection closed mid-body) is
+``connection_error`` and retried; a body that arrives complete but holds a truncated image is
+judged later by imaging (``corrupt``). DNS failures and TLS errors are ``connection_error`` but
+not retried (they do not clear in seconds).
 """
 
 from __future__ import annotations

@@ -280,3 +280,60 @@ def test_resized_result_is_jpeg_readable(server, tmp_path: Path):
     with Image.open(io.BytesIO((tmp_path / "images/0/big.jpg").read_bytes())) as image:
         image.load()
         assert image.size == (800, 400)
+
+
+def test_target_with_missing_file_is_refetched_plainly(server, tmp_path: Path):
+    s = server({"/a.jpg": lambda h: send(h, 200, SMALL, headers={"ETag": '"v1"'})})
+    refs = [ImageRef(0, 0, "a.jpg", s.url("/a.jpg"))]
+    first = download_shard(refs, data_dir=tmp_path, shard=2, settings=SETTINGS)
+    (tmp_path / "images/2/a.jpg").unlink()
+    table = download_shard(
+        refs, data_dir=tmp_path, shard=2, settings=SETTINGS, previous=first, targets={(0, 0)}
+    )
+    assert table.loc[0, "outcome"] == "ok" and table.loc[0, "http_status"] == 200
+    assert "If-None-Match" not in s.requests[-1][2]
+    assert (tmp_path / "images/2/a.jpg").read_bytes() == SMALL
+
+
+def test_progress_is_reported_at_intervals(server, tmp_path: Path):
+    s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(6)}, latency=0.2)
+    refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(6)]
+    settings = DownloadSettings(**{**vars(SETTINGS), "max_concurrency": 1})
+    seen: list[ProgressInfo] = []
+    download_shard(
+        refs,
+        data_dir=tmp_path,
+        shard=0,
+        settings=settings,
+        progress=seen.append,
+        progress_interval=0.3,
+    )
+    assert len(seen) >= 4
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    last = seen[-1]
+    assert (last.done, last.total, last.outcomes) == (6, 6, {"ok": 6})
+    assert last.images_per_second > 0 and last.bytes == 6 * len(SMALL)
+
+
+def test_failing_progress_callback_stops_cleanly(server, tmp_path: Path):
+    s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(20)}, latency=0.1)
+    refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(20)]
+    settings = DownloadSettings(**{**vars(SETTINGS), "max_concurrency": 2, "per_host": 2})
+    calls = []
+
+    def explode(info: ProgressInfo) -> None:
+        calls.append(info)
+        if len(calls) == 2:
+            raise RuntimeError("callback failed")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="callback failed"):
+        download_shard(
+            refs,
+            data_dir=tmp_path,
+            shard=0,
+            settings=settings,
+            progress=explode,
+            progress_interval=0.1,
+        )
+    assert time.monotonic() - started < 2
