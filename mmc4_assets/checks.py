@@ -1,6 +1,5 @@
 """Asset checks that re-read what a run wrote, for every shard the run materialized."""
 
-
 from collections.abc import Callable
 
 import dagster as dg

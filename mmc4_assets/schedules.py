@@ -1,6 +1,5 @@
 """The backfill schedule: each tick launches the next few shards that were never materialized."""
 
-
 import dagster as dg
 
 from mmc4_assets.assets.images import DOWNLOAD_RUN_TAGS, STATUS_REPORT

@@ -34,9 +34,7 @@ def materialize_shard(
     )
 
 
-def latest_metadata(
-    instance: dg.DagsterInstance, asset: str, partition: str | None = "42"
-) -> dict:
+def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None = "42") -> dict:
     """Plain metadata values of an asset (partition)'s latest materialization."""
     partitions = [partition] if partition is not None else None
     records = instance.fetch_materializations(

@@ -34,7 +34,7 @@ def test_shard_images_download_with_status_and_checks(instance, pipeline_env, im
     assert images_meta["success_rate"] == 1.0
     assert images_meta["images_per_second"] > 0
     report_meta = latest_metadata(instance, "status_report")
-    assert "| ok | %d |" % len(refs) in report_meta["outcomes"]
+    assert f"| ok | {len(refs)} |" in report_meta["outcomes"]
     assert report_meta["oldest_ok_at"] > 0 and report_meta["earliest_retryable_at"] == -1.0
 
     with gzip.open(pipeline_env / "status" / "42.tsv.gz", "rt") as handle:

@@ -25,8 +25,9 @@ def test_each_tick_launches_at_most_the_batch_of_never_run_shards(instance, pipe
 
     # shard 42 succeeded and shard 0 failed (no source): neither is launched again
     assert materialize_shard(instance, "raw_docs downloaded_images status_report").success
-    failed = materialize_shard(instance, "raw_docs downloaded_images status_report", "0",
-                               raise_on_error=False)
+    failed = materialize_shard(
+        instance, "raw_docs downloaded_images status_report", "0", raise_on_error=False
+    )
     assert not failed.success
     requests = evaluate(instance, 50)
     keys = [r.partition_key for r in requests]

@@ -47,7 +47,7 @@ class ImageHost:
                     self.end_headers()
                     return
                 body = host.body(self.path)
-                etag = '"%s"' % hashlib.sha1(body).hexdigest()
+                etag = f'"{hashlib.sha1(body).hexdigest()}"'
                 if self.headers.get("If-None-Match"):
                     host.conditional[self.path] += 1
                 if self.headers.get("If-None-Match") == etag:
@@ -155,9 +155,7 @@ def test_retryable_failure_past_cooldown_reruns_only_that_image(
     assert list(read_status(pipeline_env, 43)["outcome"]) == ["ok", "ok"]
 
 
-def test_missing_file_requests_one_run_that_restores_it(
-    instance, pipeline_env, shard_folder, host
-):
+def test_missing_file_requests_one_run_that_restores_it(instance, pipeline_env, shard_folder, host):
     write_image_shard(shard_folder, 43, host.urls("a", "b", "c"))
     assert materialize_shard(instance, PIPELINE, "43").success
     assert tick(instance, FRESH).run_requests == []
@@ -212,9 +210,7 @@ def test_cursor_walks_shards_in_chunks_and_run_keys_follow_report_versions(
     assert lap.run_requests[0].run_key != first.run_requests[0].run_key
 
 
-def test_requests_per_tick_are_capped_and_the_rest_wait(
-    instance, pipeline_env, shard_folder, host
-):
+def test_requests_per_tick_are_capped_and_the_rest_wait(instance, pipeline_env, shard_folder, host):
     for shard in (43, 44, 45):
         write_image_shard(shard_folder, shard, host.urls(f"s{shard}"))
         assert materialize_shard(instance, PIPELINE, str(shard)).success

@@ -1,6 +1,5 @@
 """What every shard asset needs: the shards of this run, and the backfill batching."""
 
-
 import warnings
 
 import dagster as dg

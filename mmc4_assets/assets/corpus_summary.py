@@ -1,6 +1,5 @@
 """corpus_summary: the whole corpus at a glance, aggregated from every shard's report metadata."""
 
-
 import time
 
 import dagster as dg

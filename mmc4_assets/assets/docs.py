@@ -1,11 +1,10 @@
 """raw_docs (the shard as fetched) and reassigned_docs (image-to-sentence assignment redone)."""
 
-
 import dagster as dg
-from mmc4_assets.corpus.docs import fetch_shard
 
 from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, run_shards, url_or_text
 from mmc4_assets.corpus.assignment import reassign_shard
+from mmc4_assets.corpus.docs import fetch_shard
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ShardSource
 

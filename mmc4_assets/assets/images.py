@@ -4,7 +4,6 @@ The status table is the record of the download, so the step that fetches the ima
 run can also be asked (by the stale-image sensor, or by hand) to work only on stale images.
 """
 
-
 import time
 from datetime import UTC, datetime
 
