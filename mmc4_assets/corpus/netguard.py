@@ -121,7 +121,7 @@ def set_socket_hook(hook) -> None:
 def guarded_pool_manager(policy: AddressPolicy, **kwargs) -> urllib3.PoolManager:
     """A PoolManager whose connections enforce the address policy on every connect."""
 
-    class _GuardedHTTPConnection(HTTPConnection):
+    class _Guarded:
         def _new_conn(self) -> socket.socket:
             return _connect_checked(self, policy)
 
@@ -130,14 +130,11 @@ def guarded_pool_manager(policy: AddressPolicy, **kwargs) -> urllib3.PoolManager
                 _notify(self.sock)
             return super().request(*args, **kwargs)
 
-    class _GuardedHTTPSConnection(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            return _connect_checked(self, policy)
+    class _GuardedHTTPConnection(_Guarded, HTTPConnection):
+        pass
 
-        def request(self, *args, **kwargs):
-            if self.sock is not None:
-                _notify(self.sock)
-            return super().request(*args, **kwargs)
+    class _GuardedHTTPSConnection(_Guarded, HTTPSConnection):
+        pass
 
     class _GuardedHTTPPool(HTTPConnectionPool):
         ConnectionCls = _GuardedHTTPConnection

@@ -16,8 +16,8 @@ from PIL import Image
 from mmc4_assets.corpus.download import DownloadSettings, ProgressInfo, download_shard
 from mmc4_assets.corpus.image_refs import ImageRef
 from mmc4_assets.corpus.status import check_status, write_status
-from mmc4_assets_tests.corpus.test_http_fetch import LocalServer, hang_up, image_bytes, send
-from mmc4_assets_tests.corpus.test_imaging import bomb_png
+from mmc4_assets.devtools.loopback_web import bomb_png
+from mmc4_assets_tests.corpus.local_server import hang_up, image_bytes, send
 
 SETTINGS = DownloadSettings(
     allow_private_networks=True,
@@ -33,20 +33,6 @@ SETTINGS = DownloadSettings(
 BIG = image_bytes(2000, 1000)
 SMALL = image_bytes(500, 300)
 BIG_PNG = image_bytes(1600, 900, "PNG")
-
-
-@pytest.fixture
-def server():
-    servers = []
-
-    def make(routes, **kwargs):
-        s = LocalServer(routes, **kwargs)
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 def files_under(root: Path) -> set[str]:

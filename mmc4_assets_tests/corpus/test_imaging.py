@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
 from mmc4_assets.corpus.imaging import ImageRejected, prepare_image, target_size
+from mmc4_assets.devtools.loopback_web import bomb_png
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -21,22 +20,6 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 def gradient(width: int, height: int, mode: str = "RGB") -> Image.Image:
     image = Image.linear_gradient("L").resize((width, height))
     return image.convert(mode)
-
-
-def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
-    """A valid-looking PNG declaring width x height; its few bytes never need decoding."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    row = b"\x00" + b"\x00" * (width * 3)
-    data = zlib.compress(row * 4, 9)  # just the first rows: enough to look real
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-    )
 
 
 def test_target_size_like_mogrify():
