@@ -16,6 +16,7 @@ from mmc4_assets.corpus.staleness import (
     folder_mtime,
     retryable_mask,
     stale_clocks,
+    stale_due_at,
     stale_targets,
 )
 from mmc4_assets.corpus.status import OUTCOMES, read_status, summarize, write_status
@@ -118,6 +119,12 @@ def download_images(
         summary = summarize(table)
         attempted = len(refs) if targets is None else len(targets)
         earliest_retryable_at, oldest_ok_at = stale_clocks(table)
+        due_at = stale_due_at(
+            earliest_retryable_at,
+            oldest_ok_at,
+            retry_cooldown=staleness.retry_cooldown,
+            max_age=staleness.max_age,
+        )
         context.add_asset_metadata(
             {
                 "images": summary["images"],
@@ -143,6 +150,8 @@ def download_images(
                 "retryable_failures": int(retryable_mask(table).sum()),
                 "outcomes": dg.MetadataValue.md(_outcome_table(summary)),
                 "top_failing_hosts": dg.MetadataValue.md(_hosts_table(summary)),
+                # For people: when this shard's first image goes stale under today's policy.
+                "stale_from": dg.MetadataValue.timestamp(due_at) if due_at else "never",
                 # What the stale-image sensor reads instead of opening 23,085 parquet files.
                 "earliest_retryable_at": dg.MetadataValue.float(earliest_retryable_at or -1.0),
                 "oldest_ok_at": dg.MetadataValue.float(oldest_ok_at or -1.0),
