@@ -78,6 +78,7 @@ def test_bad_lines_are_kept_and_counted(instance, pipeline_env, shard_folder, tm
     assert result.success
     meta = latest_metadata(instance, "raw_docs")
     assert meta["bad_lines"] == 2
+    assert "line 6: not JSON" in meta["bad_line_examples"]
     assert meta["documents"] == 42
     written = (pipeline_env / "raw_docs" / "42.jsonl").read_bytes().splitlines()
     assert written[5] == b"{not json"

@@ -38,6 +38,10 @@ def raw_docs(
                 "sentences": stats.sentences,
                 "bytes": stats.bytes,
                 "bad_lines": stats.bad_lines,
+                "bad_line_policy": "kept unchanged in place, counted",
+                "bad_line_examples": dg.MetadataValue.md(
+                    "\n".join(f"- {e}" for e in stats.bad_line_examples) or "none"
+                ),
                 "source": url_or_text(stats.source),
                 "source_sha256": stats.source_sha256,
                 "path": dg.MetadataValue.path(str(dest)),
