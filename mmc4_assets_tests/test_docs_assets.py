@@ -94,7 +94,7 @@ def test_batched_run_records_metadata_per_shard(instance, pipeline_env, shard_fo
     (shard_folder / "44.jsonl").write_bytes(b"\n".join([b"{bad"] * 3) + b"\n")
     result = materialize_shard(
         instance,
-        "raw_docs",
+        "raw_docs reassigned_docs",
         partition=None,
         tags={
             "dagster/asset_partition_range_start": "42",
@@ -105,3 +105,6 @@ def test_batched_run_records_metadata_per_shard(instance, pipeline_env, shard_fo
     assert latest_metadata(instance, "raw_docs", "42")["source"].endswith("_42_v2.jsonl.zip")
     assert latest_metadata(instance, "raw_docs", "43")["source"].endswith("_43_v3.jsonl.zip")
     assert latest_metadata(instance, "raw_docs", "44")["bad_lines"] == 3
+    assert latest_metadata(instance, "reassigned_docs", "43")["documents"] == 40
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["shards_checked"].value == 3
