@@ -200,14 +200,14 @@ def verify(instance: dg.DagsterInstance, keys: Sequence[str]) -> None:
 def tick(
     instance: dg.DagsterInstance, data_dir: Path, policy: StalenessPolicy, cursor: str | None
 ) -> tuple[float, dg.SensorResult | dg.SkipReason, str | None]:
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
         resources={"storage": CorpusStorage(data_dir=str(data_dir)), "staleness": policy},
-    )
-    started = time.perf_counter()
-    result = stale_images_sensor(context)
-    elapsed = time.perf_counter() - started
+    ) as context:
+        started = time.perf_counter()
+        result = stale_images_sensor(context)
+        elapsed = time.perf_counter() - started
     next_cursor = result.cursor if isinstance(result, dg.SensorResult) else cursor
     return elapsed, result, next_cursor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from mmc4_assets.demo.sample_shard import write_sample_shard
 from mmc4_assets.devtools.loopback_web import LoopbackWeb
 
 SHARD = 42
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_each_test():
+    """Collect garbage after every test, so a Dagster context left open fails its own test's
+    neighbours at once instead of some later test, whenever the collector happens to run."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from mmc4_assets_tests.materialize import materialize_shard
 
 
 def evaluate(instance, shards_per_tick: int) -> list[dg.RunRequest]:
-    context = dg.build_schedule_context(
-        instance=instance, resources={"backfill": BackfillSettings(shards_per_tick=shards_per_tick)}
-    )
-    result = new_shards_schedule(context)
+    resources = {"backfill": BackfillSettings(shards_per_tick=shards_per_tick)}
+    with dg.build_schedule_context(instance=instance, resources=resources) as context:
+        result = new_shards_schedule(context)
     return [] if isinstance(result, dg.SkipReason) else list(result)
 
 
