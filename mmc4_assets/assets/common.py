@@ -5,6 +5,7 @@ import warnings
 import dagster as dg
 
 from mmc4_assets.corpus.shards import parse_shard
+from mmc4_assets.corpus.status import OUTCOMES
 
 # BackfillPolicy is marked beta; we rely on it knowingly, so keep every CLI run's log free of it.
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
@@ -23,3 +24,9 @@ def url_or_text(location: str) -> dg.MetadataValue:
     if location.startswith(("http://", "https://")):
         return dg.MetadataValue.url(location)
     return dg.MetadataValue.text(location)
+
+
+def outcome_table(counts: dict[str, int]) -> str:
+    """A markdown table of images per outcome, every outcome listed."""
+    rows = [f"| {outcome} | {counts.get(outcome, 0)} |" for outcome in OUTCOMES]
+    return "| outcome | images |\n|---|---|\n" + "\n".join(rows)

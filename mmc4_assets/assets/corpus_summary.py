@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 
+from mmc4_assets.assets.common import outcome_table
 from mmc4_assets.assets.images import STATUS_REPORT
 from mmc4_assets.corpus.status import OUTCOMES
 from mmc4_assets.resources import StalenessPolicy
@@ -34,9 +35,6 @@ def corpus_summary(
         due_at = shard_due_at(meta, staleness)
         if due_at is not None and due_at <= now:
             stale_shards += 1
-    table = "| outcome | images |\n|---|---|\n" + "\n".join(
-        f"| {outcome} | {count} |" for outcome, count in totals.items()
-    )
     context.log.info(f"{len(latest)} shards, {images} images, {totals['ok']} ok")
     return dg.MaterializeResult(
         metadata={
@@ -47,7 +45,7 @@ def corpus_summary(
             "bytes": nbytes,
             "retryable_failures": retryable,
             "stale_shards": stale_shards,
-            "outcomes": dg.MetadataValue.md(table),
+            "outcomes": dg.MetadataValue.md(outcome_table(totals)),
             **{f"outcome_{outcome}": count for outcome, count in totals.items()},
         }
     )

@@ -6,10 +6,12 @@ run can also be asked (by the stale-image sensor, or by hand) to work only on st
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
-from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, run_shards
+from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, outcome_table, run_shards
 from mmc4_assets.corpus.download import ProgressInfo, download_shard
 from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.staleness import (
@@ -37,16 +39,63 @@ class ImageDownloadConfig(dg.Config):
     """Re-download only stale images (failed-and-cooled-down, too old, missing or altered)."""
 
 
-def _outcome_table(summary: dict) -> str:
-    rows = [f"| {outcome} | {summary['outcomes'].get(outcome, 0)} |" for outcome in OUTCOMES]
-    return "| outcome | images |\n|---|---|\n" + "\n".join(rows)
-
-
 def _hosts_table(summary: dict) -> str:
     hosts = summary.get("top_failing_hosts") or []
     if not hosts:
         return "no failures"
     return "| host | failures |\n|---|---|\n" + "\n".join(f"| {h} | {n} |" for h, n in hosts)
+
+
+def _outcome_counts(summary: dict) -> dict[str, int]:
+    return {f"outcome_{o}": summary["outcomes"].get(o, 0) for o in OUTCOMES}
+
+
+def _images_metadata(summary: dict, attempted: int, wall: float, folder: Path) -> dict:
+    return {
+        "images": summary["images"],
+        "ok": summary["ok"],
+        **_outcome_counts(summary),
+        "success_rate": dg.MetadataValue.float(summary["success_rate"]),
+        "bytes": summary["bytes"],
+        "attempted": attempted,
+        "images_per_second": dg.MetadataValue.float(attempted / wall if wall else 0.0),
+        "wall_seconds": dg.MetadataValue.float(wall),
+        "folder": dg.MetadataValue.path(str(folder)),
+    }
+
+
+def _report_metadata(
+    table: pd.DataFrame,
+    summary: dict,
+    staleness: StalenessPolicy,
+    folder: Path,
+    paths: tuple[Path, Path],
+) -> dict:
+    earliest_retryable_at, oldest_ok_at = stale_clocks(table)
+    due_at = stale_due_at(
+        earliest_retryable_at,
+        oldest_ok_at,
+        retry_cooldown=staleness.retry_cooldown,
+        max_age=staleness.max_age,
+    )
+    return {
+        "images": summary["images"],
+        "ok": summary["ok"],
+        "success_rate": dg.MetadataValue.float(summary["success_rate"]),
+        "bytes": summary["bytes"],
+        **_outcome_counts(summary),
+        "retryable_failures": int(retryable_mask(table).sum()),
+        "outcomes": dg.MetadataValue.md(outcome_table(summary["outcomes"])),
+        "top_failing_hosts": dg.MetadataValue.md(_hosts_table(summary)),
+        # For people: when this shard's first image goes stale under today's policy.
+        "stale_from": dg.MetadataValue.timestamp(due_at) if due_at else "never",
+        # What the stale-image sensor reads instead of opening 23,085 parquet files.
+        "earliest_retryable_at": dg.MetadataValue.float(earliest_retryable_at or -1.0),
+        "oldest_ok_at": dg.MetadataValue.float(oldest_ok_at or -1.0),
+        "images_dir_mtime": dg.MetadataValue.float(folder_mtime(folder) or -1.0),
+        "parquet": dg.MetadataValue.path(str(paths[0])),
+        "tsv": dg.MetadataValue.path(str(paths[1])),
+    }
 
 
 @dg.multi_asset(
@@ -115,52 +164,16 @@ def download_images(
             progress=report,
         )
         wall = time.monotonic() - started
-        parquet_path, tsv_path = write_status(table, storage.root, shard)
+        paths = write_status(table, storage.root, shard)
         summary = summarize(table)
         attempted = len(refs) if targets is None else len(targets)
-        earliest_retryable_at, oldest_ok_at = stale_clocks(table)
-        due_at = stale_due_at(
-            earliest_retryable_at,
-            oldest_ok_at,
-            retry_cooldown=staleness.retry_cooldown,
-            max_age=staleness.max_age,
-        )
         context.add_asset_metadata(
-            {
-                "images": summary["images"],
-                "ok": summary["outcomes"].get("ok", 0),
-                **{f"outcome_{o}": summary["outcomes"].get(o, 0) for o in OUTCOMES},
-                "success_rate": dg.MetadataValue.float(summary["success_rate"]),
-                "bytes": summary["bytes"],
-                "attempted": attempted,
-                "images_per_second": dg.MetadataValue.float(attempted / wall if wall else 0.0),
-                "wall_seconds": dg.MetadataValue.float(wall),
-                "folder": dg.MetadataValue.path(str(storage.images_dir(shard))),
-            },
+            _images_metadata(summary, attempted, wall, storage.images_dir(shard)),
             asset_key=DOWNLOADED_IMAGES,
             partition_key=key,
         )
         context.add_asset_metadata(
-            {
-                "images": summary["images"],
-                "ok": summary["outcomes"].get("ok", 0),
-                "success_rate": dg.MetadataValue.float(summary["success_rate"]),
-                "bytes": summary["bytes"],
-                **{f"outcome_{o}": summary["outcomes"].get(o, 0) for o in OUTCOMES},
-                "retryable_failures": int(retryable_mask(table).sum()),
-                "outcomes": dg.MetadataValue.md(_outcome_table(summary)),
-                "top_failing_hosts": dg.MetadataValue.md(_hosts_table(summary)),
-                # For people: when this shard's first image goes stale under today's policy.
-                "stale_from": dg.MetadataValue.timestamp(due_at) if due_at else "never",
-                # What the stale-image sensor reads instead of opening 23,085 parquet files.
-                "earliest_retryable_at": dg.MetadataValue.float(earliest_retryable_at or -1.0),
-                "oldest_ok_at": dg.MetadataValue.float(oldest_ok_at or -1.0),
-                "images_dir_mtime": dg.MetadataValue.float(
-                    folder_mtime(storage.images_dir(shard)) or -1.0
-                ),
-                "parquet": dg.MetadataValue.path(str(parquet_path)),
-                "tsv": dg.MetadataValue.path(str(tsv_path)),
-            },
+            _report_metadata(table, summary, staleness, storage.images_dir(shard), paths),
             asset_key=STATUS_REPORT,
             partition_key=key,
         )
