@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from mmc4_assets.corpus.download import DownloadSettings
-from mmc4_assets.corpus.status import status_parquet_path, status_tsv_path
+from mmc4_assets.corpus.status import status_parquet_path
 
 
 def _env_flag(name: str) -> bool:
@@ -43,9 +43,6 @@ class CorpusStorage(dg.ConfigurableResource):
 
     def status_parquet_path(self, shard: int) -> Path:
         return status_parquet_path(self.root, shard)
-
-    def status_tsv_path(self, shard: int) -> Path:
-        return status_tsv_path(self.root, shard)
 
 
 class ShardSource(dg.ConfigurableResource):

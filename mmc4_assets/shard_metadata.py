@@ -21,7 +21,6 @@ CHUNK = 1000
 class ShardRecord(NamedTuple):
     partition: str
     storage_id: int
-    timestamp: float
     metadata: dict[str, object]
 
 
@@ -64,7 +63,6 @@ def fetch_records(
             yield ShardRecord(
                 partition=materialization.partition,
                 storage_id=record.storage_id,
-                timestamp=record.timestamp,
                 metadata={k: _plain(v) for k, v in materialization.metadata.items()},
             )
 

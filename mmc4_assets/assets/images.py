@@ -16,12 +16,17 @@ from mmc4_assets.corpus.download import ProgressInfo, download_shard
 from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.staleness import (
     folder_mtime,
-    retryable_mask,
     stale_clocks,
     stale_due_at,
     stale_targets,
 )
-from mmc4_assets.corpus.status import OUTCOMES, read_status, summarize, write_status
+from mmc4_assets.corpus.status import (
+    OUTCOMES,
+    read_status,
+    retryable_mask,
+    summarize,
+    write_status,
+)
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ImageDownloader, StalenessPolicy
 

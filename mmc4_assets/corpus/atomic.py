@@ -27,12 +27,6 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_write(path, "wb") as handle:
-        handle.write(data)
-
-
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
     """Delete ``.*.part`` leftovers of killed runs in ``folder``; return how many went."""
     removed = 0

@@ -14,14 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmc4_assets.corpus.status import RETRYABLE_OUTCOMES
-
-
-def retryable_mask(table: pd.DataFrame) -> pd.Series:
-    """Rows whose failure may heal by itself: timeouts, connection errors, 429 and 5xx."""
-    status = pd.to_numeric(table["http_status"], errors="coerce")
-    server_error = (table["outcome"] == "http_error") & (status >= 500)
-    return table["outcome"].isin(RETRYABLE_OUTCOMES) | server_error.fillna(False)
+from mmc4_assets.corpus.status import retryable_mask
 
 
 def _fetched_at(table: pd.DataFrame) -> pd.Series:

@@ -8,7 +8,6 @@ reference script's header-less layout for drop-in users.
 from __future__ import annotations
 
 import gzip
-import io
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -232,12 +231,11 @@ def summarize(table: pd.DataFrame, top_hosts: int = 10) -> dict:
     }
 
 
-def is_retryable(row) -> bool:
-    """True for rows whose failure may well clear on a later try."""
-    if row["outcome"] in RETRYABLE_OUTCOMES:
-        return True
-    status = row["http_status"]
-    return row["outcome"] == "http_error" and not pd.isna(status) and int(status) >= 500
+def retryable_mask(table: pd.DataFrame) -> pd.Series:
+    """Rows whose failure may well clear on a later try: timeouts, connection errors, 429, 5xx."""
+    status = pd.to_numeric(table["http_status"], errors="coerce")
+    server_error = (table["outcome"] == "http_error") & (status >= 500)
+    return table["outcome"].isin(RETRYABLE_OUTCOMES) | server_error.fillna(False)
 
 
 def check_status(table: pd.DataFrame, refs, data_dir: str | Path) -> list[str]:
@@ -263,12 +261,3 @@ def check_status(table: pd.DataFrame, refs, data_dir: str | Path) -> list[str]:
         if pd.isna(path) or not (root / str(path)).is_file():
             problems.append(f"ok image {row['doc']}.{row['index']} has no file ({path})")
     return problems
-
-
-def stream_reference_tsv(table: pd.DataFrame) -> bytes:
-    """The tsv.gz report as bytes (handy for tests and HTTP responses)."""
-    text = to_reference_tsv_frame(table).to_csv(sep="\t", header=False, index=False)
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped:
-        zipped.write(text.encode("utf-8"))
-    return buffer.getvalue()

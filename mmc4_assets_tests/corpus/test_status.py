@@ -15,9 +15,9 @@ from mmc4_assets.corpus.status import (
     RETRYABLE_OUTCOMES,
     STATUS_COLUMNS,
     check_status,
-    is_retryable,
     read_status,
     reference_status_code,
+    retryable_mask,
     status_parquet_path,
     status_tsv_path,
     summarize,
@@ -144,7 +144,7 @@ def test_summarize_and_retryable():
     assert set(summary["outcomes"]) == set(OUTCOMES) and summary["outcomes"]["http_error"] == 2
     assert summary["bytes"] == 1234
     assert summary["top_failing_hosts"][0] == ("host1.example", 2)
-    flags = [is_retryable(r) for _, r in sample().iterrows()]
+    flags = retryable_mask(sample()).tolist()
     assert flags == [False, False, True, True]
 
 
