@@ -57,21 +57,41 @@ class ShardSource(dg.ConfigurableResource):
         return self.docs_url or os.environ.get("MMC4_DOCS_URL") or None
 
 
+_DEFAULTS = DownloadSettings()
+
+
 class ImageDownloader(dg.ConfigurableResource):
     """HTTP and validation settings of the image downloader (defaults are polite and safe)."""
 
-    max_concurrency: int = Field(default=64, description="Requests in flight at once.")
-    per_host: int = Field(default=8, description="Requests in flight at once to one host.")
-    connect_timeout: float = Field(default=5.0, description="Seconds to establish a connection.")
-    read_timeout: float = Field(default=10.0, description="Seconds without a byte from the server.")
-    total_deadline: float = Field(default=30.0, description="Seconds per attempt, all included.")
-    max_bytes: int = Field(default=25_000_000, description="Largest body accepted.")
-    max_pixels: int = Field(default=100_000_000, description="Largest image (w*h) decoded.")
-    max_attempts: int = Field(default=3, description="Tries for retryable failures.")
-    retry_after_cap: float = Field(default=30.0, description="Longest Retry-After honoured (s).")
-    user_agent: str | None = Field(default=None, description="User-Agent; unset uses ours.")
+    max_concurrency: int = Field(
+        default=_DEFAULTS.max_concurrency, description="Requests in flight at once."
+    )
+    per_host: int = Field(
+        default=_DEFAULTS.per_host, description="Requests in flight at once to one host."
+    )
+    connect_timeout: float = Field(
+        default=_DEFAULTS.connect_timeout, description="Seconds to establish a connection."
+    )
+    read_timeout: float = Field(
+        default=_DEFAULTS.read_timeout, description="Seconds without a byte from the server."
+    )
+    total_deadline: float = Field(
+        default=_DEFAULTS.total_deadline, description="Seconds per attempt, all included."
+    )
+    max_bytes: int = Field(default=_DEFAULTS.max_bytes, description="Largest body accepted.")
+    max_pixels: int = Field(
+        default=_DEFAULTS.max_pixels, description="Largest image (w*h) decoded."
+    )
+    max_attempts: int = Field(
+        default=_DEFAULTS.max_attempts, description="Tries for retryable failures."
+    )
+    retry_after_cap: float = Field(
+        default=_DEFAULTS.retry_after_cap, description="Longest Retry-After honoured (s)."
+    )
+    user_agent: str = Field(default=_DEFAULTS.user_agent, description="User-Agent header sent.")
     respect_opt_out: bool = Field(
-        default=True, description="Skip images served with X-Robots-Tag noai / noimageai."
+        default=_DEFAULTS.respect_opt_out,
+        description="Skip images served with X-Robots-Tag noai / noimageai.",
     )
     allow_private_networks: bool | None = Field(
         default=None,
@@ -82,7 +102,6 @@ class ImageDownloader(dg.ConfigurableResource):
         allow_private = self.allow_private_networks
         if allow_private is None:
             allow_private = _env_flag("MMC4_ALLOW_PRIVATE_NETWORKS")
-        overrides = {"user_agent": self.user_agent} if self.user_agent else {}
         return DownloadSettings(
             max_concurrency=self.max_concurrency,
             per_host=self.per_host,
@@ -93,9 +112,9 @@ class ImageDownloader(dg.ConfigurableResource):
             max_pixels=self.max_pixels,
             max_attempts=self.max_attempts,
             retry_after_cap=self.retry_after_cap,
+            user_agent=self.user_agent,
             respect_opt_out=self.respect_opt_out,
             allow_private_networks=allow_private,
-            **overrides,
         )
 
 

@@ -7,6 +7,7 @@ selection and a partition tag), and watch the queued run go through the daemon t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -99,26 +100,19 @@ def _tail(path: Path, chars: int = 4000) -> str:
         return f"<cannot read {path}: {error}>"
 
 
+def _signal_and_wait(process: subprocess.Popen, signum: int, grace: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+
+
 def _stop(process: subprocess.Popen, grace: float = 20.0) -> None:
     """SIGTERM the process group (the code servers and runs it spawned too), then SIGKILL it."""
     if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        _signal_and_wait(process, signal.SIGTERM, grace)
     # Kill whatever is left of the group even when the leader already exited (orphaned children).
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
+    _signal_and_wait(process, signal.SIGKILL, grace)
 
 
 @dataclass

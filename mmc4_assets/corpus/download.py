@@ -34,30 +34,31 @@ from .image_refs import ImageRef
 from .imaging import ImageRejected, prepare_image, verify_file_bytes
 from .status import ALL_COLUMNS, normalize_status, read_status
 
-DEFAULT_USER_AGENT = "mmc4-assets/0.1 (+https://github.com/allenai/mmc4)"
-
 
 @dataclass(frozen=True)
 class DownloadSettings:
-    """How to fetch: concurrency, time and size limits, retries, identity and policy."""
+    """How to fetch: concurrency, time and size limits, retries, identity and policy.
+
+    The HTTP knobs default to FetchOptions' values, so each default is written once.
+    """
 
     max_concurrency: int = 64
-    per_host: int = 8
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    total_deadline: float = 30.0
-    max_bytes: int = 25_000_000
+    per_host: int = FetchOptions.per_host
+    connect_timeout: float = FetchOptions.connect_timeout
+    read_timeout: float = FetchOptions.read_timeout
+    total_deadline: float = FetchOptions.total_deadline
+    max_bytes: int = FetchOptions.max_bytes
     max_pixels: int = 100_000_000
-    max_redirects: int = 5
-    max_attempts: int = 3
-    backoff_base: float = 0.5
-    backoff_max: float = 8.0
-    retry_after_cap: float = 30.0
-    user_agent: str = DEFAULT_USER_AGENT
-    respect_opt_out: bool = True
-    allow_private_networks: bool = False
+    max_redirects: int = FetchOptions.max_redirects
+    max_attempts: int = FetchOptions.max_attempts
+    backoff_base: float = FetchOptions.backoff_base
+    backoff_max: float = FetchOptions.backoff_max
+    retry_after_cap: float = FetchOptions.retry_after_cap
+    user_agent: str = FetchOptions.user_agent
+    respect_opt_out: bool = FetchOptions.respect_opt_out
+    allow_private_networks: bool = FetchOptions.allow_private_networks
     # Private networks reachable even when allow_private_networks is off (e.g. "10.1.2.0/24").
-    allowed_networks: tuple[str, ...] = ()
+    allowed_networks: tuple[str, ...] = FetchOptions.allowed_networks
     max_side: int = 800
     # Images decoded at once (0: one per CPU): more buys no speed, only memory.
     decode_workers: int = 0
