@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# The instance: dagster_home/dagster.yaml configures it; its history is kept beside it.
+DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export DAGSTER_HOME
 
-.PHONY: env libmagic instance test demo ui lint bench clean
+.PHONY: env libmagic test demo ui lint bench clean
 
 env: $(VENV)/.installed
 
@@ -23,19 +24,13 @@ $(VENV)/.installed: pyproject.toml | libmagic
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# A persistent instance, so CLI runs, the daemon and the UI share their history.
-instance: $(DAGSTER_HOME)/dagster.yaml
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
-
 test: env
 	$(BIN)/python -m pytest -q
 
-demo: env instance
+demo: env
 	$(BIN)/python -m mmc4_assets.demo.run
 
-ui: env instance
+ui: env
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 lint: env

@@ -28,7 +28,7 @@ def docs_server(shard_folder):
 
 def run_cli(args: list[str], env: dict, home: Path) -> subprocess.CompletedProcess:
     home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
     return subprocess.run(
         [DAGSTER, *args],
         cwd=PROJECT_ROOT,

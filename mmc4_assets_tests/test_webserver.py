@@ -166,7 +166,7 @@ def stack(tmp_path, docs_server) -> Iterator[Stack]:
     """dagster-webserver and dagster-daemon on one temporary instance; always torn down."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
     data_dir = tmp_path / "data"
     env = {
         **os.environ,
