@@ -21,7 +21,8 @@ libmagic:
 $(VENV)/.installed: pyproject.toml | libmagic
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	@# setuptools warns on every editable install of a flat layout; nothing here to act on.
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 test: env
@@ -30,8 +31,9 @@ test: env
 demo: env
 	$(BIN)/python -m mmc4_assets.demo.run
 
+# The UI and the daemon (schedules, sensors, the run queue) on the same instance.
 ui: env
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 lint: env
 	$(BIN)/ruff check .

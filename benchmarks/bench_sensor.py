@@ -89,7 +89,7 @@ def shard_metadata(
     return {
         "images": images,
         "ok": counts["ok"],
-        "success_rate": dg.MetadataValue.float(counts["ok"] / images),
+        "success_percent": dg.MetadataValue.float(round(100 * counts["ok"] / images, 1)),
         "bytes": counts["ok"] * rng.randint(20_000, 60_000),
         **{f"outcome_{o}": counts[o] for o in OUTCOMES},
         "retryable_failures": retryable,

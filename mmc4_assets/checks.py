@@ -20,6 +20,10 @@ def _check_shards(
     problems = [f"shard {shard}: {problem}" for shard in shards for problem in find_problems(shard)]
     for problem in problems[:MAX_PROBLEMS_SHOWN]:
         context.log.error(problem)
+    if not problems:
+        context.log.info(
+            f"{context.check_specs[0].name}: passed on shard(s) {', '.join(map(str, shards))}"
+        )
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={

@@ -31,7 +31,7 @@ def test_shard_images_download_with_status_and_checks(instance, pipeline_env, im
 
     images_meta = latest_metadata(instance, "downloaded_images")
     assert images_meta["images"] == images_meta["ok"] == len(refs)
-    assert images_meta["success_rate"] == 1.0
+    assert images_meta["success_percent"] == 100.0
     assert images_meta["images_per_second"] > 0
     report_meta = latest_metadata(instance, "status_report")
     assert f"| ok | {len(refs)} |" in report_meta["outcomes"]

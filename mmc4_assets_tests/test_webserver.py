@@ -161,9 +161,23 @@ def docs_server(shard_folder) -> Iterator[str]:
     server.server_close()
 
 
-@pytest.fixture
-def stack(tmp_path, docs_server) -> Iterator[Stack]:
-    """dagster-webserver and dagster-daemon on one temporary instance; always torn down."""
+def _commands(kind: str, port: int) -> dict[str, list[str]]:
+    """What serves the UI: `dg dev` (what `make ui` runs), or the webserver and daemon of a
+    deployment, both from workspace.yaml."""
+    if kind == "dg dev":
+        return {"dg dev": [str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)]}
+    return {
+        "webserver": [
+            str(BIN / "dagster-webserver"),
+            *("-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)),
+        ],
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+    }
+
+
+@pytest.fixture(params=["dg dev", "webserver + daemon"])
+def stack(request, tmp_path, docs_server) -> Iterator[Stack]:
+    """The UI and the daemon on one temporary instance; always torn down."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
@@ -175,16 +189,11 @@ def stack(tmp_path, docs_server) -> Iterator[Stack]:
         "MMC4_DOCS_URL": docs_server + "/docs_no_face_shard_{shard}_v2.jsonl.zip",
         "MMC4_ALLOW_PRIVATE_NETWORKS": "1",
         "PYTHONUNBUFFERED": "1",
+        "VIRTUAL_ENV": sys.prefix,  # dg checks that the project's venv is the active one
     }
     port = _free_port()
-    commands = {
-        "webserver": [
-            str(BIN / "dagster-webserver"),
-            *("-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)),
-        ],
-        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-    }
-    logs = {name: tmp_path / f"{name}.log" for name in commands}
+    commands = _commands(request.param, port)
+    logs = {name: tmp_path / f"{name.replace(' ', '_')}.log" for name in commands}
     processes: dict[str, subprocess.Popen] = {}
     handles = []
     try:
@@ -329,3 +338,7 @@ def test_materialize_a_shard_from_the_ui(stack):
         {"key": {"path": ["status_report"]}},
     )
     assert status["assetNodeOrError"]["partitionStats"]["numMaterialized"] == 1
+
+    # One instance, configured by one file: nothing warns about another dagster.yaml.
+    for log in stack.logs.values():
+        assert "will not be used" not in log.read_text(errors="replace"), stack.diagnostics()

@@ -7,8 +7,10 @@ import dagster as dg
 from mmc4_assets.corpus.shards import parse_shard
 from mmc4_assets.corpus.status import OUTCOMES
 
-# BackfillPolicy is marked beta; we rely on it knowingly, so keep every CLI run's log free of it.
+# Beta APIs we rely on knowingly: BackfillPolicy, and the `*` selection users type (Dagster parses
+# it with AssetSelection.all(include_sources=...)). Keep every CLI run's output free of them.
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", message=".*include_sources.*", category=dg.BetaWarning)
 
 # A UI backfill over thousands of shards becomes runs of this many shards each (one policy for
 # every stage, so a backfill of the whole pipeline batches the same way at each step).
@@ -24,6 +26,16 @@ def url_or_text(location: str) -> dg.MetadataValue:
     if location.startswith(("http://", "https://")):
         return dg.MetadataValue.url(location)
     return dg.MetadataValue.text(location)
+
+
+def percent(ratio: float) -> dg.MetadataValue:
+    """A ratio shown as a percentage with one decimal (98.2, not 0.9821826280623608)."""
+    return dg.MetadataValue.float(round(100.0 * ratio, 1))
+
+
+def rounded(value: float, digits: int = 1) -> dg.MetadataValue:
+    """A rate or a duration as people read it."""
+    return dg.MetadataValue.float(round(value, digits))
 
 
 def outcome_table(counts: dict[str, int]) -> str:

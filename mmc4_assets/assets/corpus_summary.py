@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from mmc4_assets.assets.common import outcome_table
+from mmc4_assets.assets.common import outcome_table, percent
 from mmc4_assets.assets.images import STATUS_REPORT
 from mmc4_assets.corpus.status import OUTCOMES
 from mmc4_assets.resources import StalenessPolicy
@@ -41,7 +41,7 @@ def corpus_summary(
             "shards": len(latest),
             "images": images,
             "ok": totals["ok"],
-            "success_rate": dg.MetadataValue.float(totals["ok"] / images if images else 0.0),
+            "success_percent": percent(totals["ok"] / images if images else 0.0),
             "bytes": nbytes,
             "retryable_failures": retryable,
             "stale_shards": stale_shards,

@@ -11,7 +11,13 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, outcome_table, run_shards
+from mmc4_assets.assets.common import (
+    SHARD_BACKFILL_POLICY,
+    outcome_table,
+    percent,
+    rounded,
+    run_shards,
+)
 from mmc4_assets.corpus.download import ProgressInfo, download_shard
 from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.staleness import (
@@ -60,11 +66,11 @@ def _images_metadata(summary: dict, attempted: int, wall: float, folder: Path) -
         "images": summary["images"],
         "ok": summary["ok"],
         **_outcome_counts(summary),
-        "success_rate": dg.MetadataValue.float(summary["success_rate"]),
+        "success_percent": percent(summary["success_rate"]),
         "bytes": summary["bytes"],
         "attempted": attempted,
-        "images_per_second": dg.MetadataValue.float(attempted / wall if wall else 0.0),
-        "wall_seconds": dg.MetadataValue.float(wall),
+        "images_per_second": rounded(attempted / wall if wall else 0.0),
+        "wall_seconds": rounded(wall),
         "folder": dg.MetadataValue.path(str(folder)),
     }
 
@@ -86,7 +92,7 @@ def _report_metadata(
     return {
         "images": summary["images"],
         "ok": summary["ok"],
-        "success_rate": dg.MetadataValue.float(summary["success_rate"]),
+        "success_percent": percent(summary["success_rate"]),
         "bytes": summary["bytes"],
         **_outcome_counts(summary),
         "retryable_failures": int(retryable_mask(table).sum()),

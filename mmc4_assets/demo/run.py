@@ -2,7 +2,7 @@
 
 It writes a sample shard shaped like real mmc4, serves it (zipped, as the corpus ships it) from a
 loopback HTTP server, serves its images from the project's loopback image host, and materializes
-every asset for partition 42 through the Dagster CLI against the persistent $DAGSTER_HOME.
+every asset for partition 42 with `dg launch` against the persistent $DAGSTER_HOME.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from mmc4_assets.demo.sample_shard import generate_documents
 from mmc4_assets.devtools.loopback_web import LoopbackWeb
 
 SHARD = 42
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_PORT = int(os.environ.get("MMC4_DEMO_IMAGE_PORT", "8765"))
 
 
@@ -87,14 +88,14 @@ def main() -> int:
             "MMC4_DATA_DIR": str(data_dir),
             "MMC4_DOCS_URL": docs_url,
             "MMC4_ALLOW_PRIVATE_NETWORKS": "1",
+            # dg checks that the project's venv is the active one; this interpreter's venv is.
+            "VIRTUAL_ENV": sys.prefix,
         }
+        # The command a user types (README): `dg launch` from the project root.
         command = [
-            str(Path(sys.executable).with_name("dagster")),
-            "asset",
-            "materialize",
-            "-m",
-            "mmc4_assets.definitions",
-            "--select",
+            str(Path(sys.executable).with_name("dg")),
+            "launch",
+            "--assets",
             "*",
             "--partition",
             str(SHARD),
@@ -102,7 +103,7 @@ def main() -> int:
         print(f"sample shard: {zipped} served as {docs_url}")
         print(f"images served by {web.base_urls[0]}")
         print("running:", " ".join(command))
-        result = subprocess.run(command, env=env)
+        result = subprocess.run(command, env=env, cwd=PROJECT_ROOT)
         docs_server.shutdown()
     if result.returncode != 0:
         print("the demo run failed; see the log above", file=sys.stderr)
