@@ -15,6 +15,8 @@ from pydantic import Field
 
 from mmc4_assets.corpus.download import DownloadSettings
 from mmc4_assets.corpus.status import status_parquet_path
+from mmc4_assets.training.files import webdataset_dir
+from mmc4_assets.training.packing import PartLimits
 
 
 def _env_flag(name: str) -> bool:
@@ -43,6 +45,9 @@ class CorpusStorage(dg.ConfigurableResource):
 
     def status_parquet_path(self, shard: int) -> Path:
         return status_parquet_path(self.root, shard)
+
+    def webdataset_dir(self) -> Path:
+        return webdataset_dir(self.root)
 
 
 class ShardSource(dg.ConfigurableResource):
@@ -145,3 +150,20 @@ class BackfillSettings(dg.ConfigurableResource):
     shards_per_tick: int = Field(
         default=4, ge=1, description="Runs (one shard each) launched per schedule tick."
     )
+
+
+_PART_LIMITS = PartLimits()
+
+
+class TrainingShardSettings(dg.ConfigurableResource):
+    """How big each training tar (`webdataset/{shard}-{part}.tar`) may grow."""
+
+    documents_per_part: int = Field(
+        default=_PART_LIMITS.documents, ge=1, description="Samples in one tar at most."
+    )
+    bytes_per_part: int = Field(
+        default=_PART_LIMITS.bytes, ge=1, description="Bytes of one tar at most (512 MiB)."
+    )
+
+    def limits(self) -> PartLimits:
+        return PartLimits(documents=self.documents_per_part, bytes=self.bytes_per_part)
