@@ -19,7 +19,10 @@ import pytest
 
 BIN = Path(sys.executable).parent
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ASSET_KEYS = {"raw_docs", "reassigned_docs", "downloaded_images", "status_report", "corpus_summary"}
+ASSET_KEYS = {
+    *("raw_docs", "reassigned_docs", "downloaded_images", "status_report", "corpus_summary"),
+    "training_shards",
+}
 
 MATERIALIZE_DOCS = {
     "dg launch": ["dg", "launch", "--assets", "raw_docs,reassigned_docs", "--partition", "42"],
@@ -114,4 +117,8 @@ def test_dg_lists_the_definitions(tmp_path):
     assert {sensor["name"] for sensor in listed["sensors"]} == {"stale_images_sensor"}
     assert {schedule["name"] for schedule in listed["schedules"]} == {"new_shards_schedule"}
     checks = {check["name"] for check in listed["asset_checks"]}
-    assert {"assignments_are_valid", "every_image_has_one_status"} <= checks
+    assert {
+        "assignments_are_valid",
+        "every_image_has_one_status",
+        "training_shards_match_their_counts",
+    } <= checks
