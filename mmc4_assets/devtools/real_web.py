@@ -527,7 +527,7 @@ class _Server:
                 await writer.drain()
                 if not (keep and keep_alive):
                     return
-        except (ConnectionError, ssl.SSLError, OSError):
+        except (OSError, RuntimeError):  # the client hung up (uvloop: RuntimeError on write)
             return
         finally:
             self.connections.discard(writer)
@@ -638,6 +638,8 @@ class _Server:
         view = memoryview(body)
         for _ in range(repeat):
             for offset in range(0, len(view), step):
+                if writer.is_closing():  # the client gave up (a byte cap, a timeout)
+                    return
                 chunk = view[offset : offset + step]
                 writer.write(chunk)
                 sent += len(chunk)
