@@ -179,9 +179,9 @@ def test_fast_mode_serves_every_url_at_once_and_without_faults(web):
     assert plain_outcome(_one(web, fault="404")["url"], str(web.ca_file)) == "http_error"
 
 
-def test_two_processes_share_the_hosts_and_stop_by_themselves():
-    config = RealWebConfig(**{**vars(SMALL), "max_runtime_s": 2.0, "dead_hosts": 0})
-    web = RealWeb(config, processes=2).start()
+def test_two_processes_share_the_hosts_and_stop_when_their_parent_lets_go():
+    web = RealWeb(RealWebConfig(**{**vars(SMALL), "dead_hosts": 0}), processes=2).start()
+    procs = list(web._procs)
     try:
         assert sorted(s["hosts"] for s in web.startup) == [20, 20]
         entries = [e for e in web.entries() if e["fault"] is None and e["host_kind"] == "live"]
@@ -190,8 +190,15 @@ def test_two_processes_share_the_hosts_and_stop_by_themselves():
             hosts.setdefault(int(_host_port(entry["url"])[0].rsplit(".", 1)[1]) % 2, entry)
         for entry in hosts.values():
             assert plain_outcome(entry["url"], str(web.ca_file)) == "ok"
-        for proc in web._procs:
-            assert proc.wait(timeout=15) == 0  # max_runtime_s passed: they exit unasked
+    finally:
+        web.stop()  # closes their stdin: they stop themselves
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert not web.workdir.exists()
+
+
+def test_server_stops_by_itself_after_its_maximum_runtime():
+    web = RealWeb(RealWebConfig(**{**vars(SMALL), "max_runtime_s": 1.0})).start()
+    try:
+        assert web._procs[0].wait(timeout=20) == 0  # nobody asked it to stop
     finally:
         web.stop()
-    assert not web.workdir.exists()
