@@ -5,12 +5,9 @@ Each command is tested in the exact words the README and DESIGN.md give, from th
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -35,15 +32,6 @@ MATERIALIZE_DOCS = {
         *("--select", "raw_docs,reassigned_docs", "--partition", "42"),
     ],
 }
-
-
-@pytest.fixture
-def docs_server(shard_folder):
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(shard_folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def run_cli(args: list[str], env: dict, home: Path) -> subprocess.CompletedProcess:
