@@ -13,6 +13,7 @@ from mmc4_assets.resources import (
     ShardSource,
     StalenessPolicy,
 )
+from mmc4_assets.run_health import RunHealth, dead_runs_sensor
 from mmc4_assets.schedules import new_shards_schedule
 from mmc4_assets.sensors import stale_images_sensor
 
@@ -24,12 +25,13 @@ RESOURCES = {
     "image_downloader": ImageDownloader(),
     "staleness": StalenessPolicy(),
     "backfill": BackfillSettings(),
+    "run_health": RunHealth(),
 }
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
-    sensors=[stale_images_sensor],
+    sensors=[stale_images_sensor, dead_runs_sensor],
     schedules=[new_shards_schedule],
     resources=RESOURCES,
 )
