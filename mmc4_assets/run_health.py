@@ -21,12 +21,12 @@ that nobody waits for but that still count against the run queue's pool limits.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -50,7 +50,7 @@ _PID_START_TOLERANCE = 1.0  # seconds: psutil derives start times from boot time
 _WAIT_LOG_EVERY = 60.0
 
 
-def _record_key(run_id: str, step: str) -> str:
+def record_key(run_id: str, step: str) -> str:
     return f"{_KEY_PREFIX}/{run_id}/{step}"
 
 
@@ -60,7 +60,7 @@ def _step_key(context: dg.AssetExecutionContext) -> str:
 
 @dataclasses.dataclass
 class WorkerRecord:
-    """What one step of one run says about itself (stored as JSON under _record_key)."""
+    """What one step of one run says about itself (stored as JSON under record_key)."""
 
     host: str
     boot: float
@@ -189,13 +189,13 @@ def live_runs(instance: dg.DagsterInstance, exclude: str | None = None) -> list[
         for r in instance.get_run_records(filters=dg.RunsFilter(statuses=LIVE_STATUSES))
         if r.dagster_run.run_id != exclude
     ]
-    keys = {_record_key(r.dagster_run.run_id, step) for r in records for step in GUARDED_STEPS}
+    keys = {record_key(r.dagster_run.run_id, step) for r in records for step in GUARDED_STEPS}
     stored = instance.run_storage.get_cursor_values(keys) if keys else {}
     runs = []
     for record in records:
         steps = {}
         for step in GUARDED_STEPS:
-            text = stored.get(_record_key(record.dagster_run.run_id, step))
+            text = stored.get(record_key(record.dagster_run.run_id, step))
             worker = WorkerRecord.from_json(text) if text else None
             if worker is not None:
                 steps[step] = worker
@@ -381,7 +381,7 @@ class _Heartbeat:
     def __init__(self, context: dg.AssetExecutionContext, record: WorkerRecord, every: float):
         self._context = context
         self._instance = context.instance
-        self._key = _record_key(context.run.run_id, _step_key(context))
+        self._key = record_key(context.run.run_id, _step_key(context))
         self._record = record
         self._every = every
         self._lock = threading.Lock()
@@ -421,7 +421,7 @@ class _Heartbeat:
                     f"this run was marked {run.status.value} while this step was still working "
                     "(declared dead or terminated); stopping so two runs never write one shard"
                 )
-                _thread.interrupt_main()
+                os.kill(os.getpid(), signal.SIGINT)  # Dagster stops the step as interrupted
                 return
 
 
