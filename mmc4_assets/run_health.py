@@ -169,17 +169,11 @@ class LiveRun:
         return self.record.dagster_run.run_id
 
     def describe(self) -> str:
-        run = self.record.dagster_run
-        shards = run.tags.get("dagster/partition") or "-".join(
-            filter(
-                None,
-                (
-                    run.tags.get("dagster/asset_partition_range_start"),
-                    run.tags.get("dagster/asset_partition_range_end"),
-                ),
-            )
-        )
-        return f"run {run.run_id[:8]} (shard {shards or '?'})"
+        tags = self.record.dagster_run.tags
+        first = tags.get("dagster/asset_partition_range_start")
+        last = tags.get("dagster/asset_partition_range_end")
+        shards = tags.get("dagster/partition") or (first if first == last else f"{first}-{last}")
+        return f"run {self.run_id[:8]} (shard {shards or '?'})"
 
 
 def live_runs(instance: dg.DagsterInstance, exclude: str | None = None) -> list[LiveRun]:

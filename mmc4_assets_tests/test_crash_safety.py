@@ -15,18 +15,21 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import psutil
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from PIL import Image
 
 from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.status import check_status, read_status
 from mmc4_assets.demo.sample_shard import write_sample_shard
 from mmc4_assets.devtools.loopback_web import LoopbackWeb
+from mmc4_assets.run_health import live_runs
 from mmc4_assets_tests.conftest import SHARD, zip_shard
 from mmc4_assets_tests.materialize import materialize_shard
 
@@ -141,9 +144,9 @@ def saved_images(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if not p.name.startswith(".")}
 
 
-def assert_one_right_row_per_image(data: Path) -> None:
-    refs = list(iter_image_refs(data / "raw_docs" / "42.jsonl"))
-    table = read_status(data, SHARD)
+def assert_one_right_row_per_image(data: Path, shard: int = SHARD) -> None:
+    refs = list(iter_image_refs(data / "raw_docs" / f"{shard}.jsonl"))
+    table = read_status(data, shard)
     assert check_status(table, refs, data) == []
     assert set(table["outcome"]) == {"ok"}
     for row in table.itertuples():
@@ -325,3 +328,91 @@ def test_a_full_disk_fails_the_run_clearly_and_leaves_only_whole_files(
         assert not (small / "status" / "42.parquet").exists()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False, capture_output=True)
+
+
+def submit_backfill(home: str, shards: list[str]) -> str:
+    """What the UI's "Materialize" over a partition range does: an asset backfill, which the
+    daemon turns into runs (Dagster's own API; the UI calls it through GraphQL)."""
+
+    from mmc4_assets.definitions import defs
+
+    with dg.DagsterInstance.from_config(home) as instance:
+        backfill = PartitionBackfill.from_asset_partitions(
+            backfill_id=uuid.uuid4().hex[:8],
+            asset_graph=defs.resolve_asset_graph(),
+            partition_names=shards,
+            asset_selection=[
+                dg.AssetKey(name) for name in ("raw_docs", "downloaded_images", "status_report")
+            ],
+            backfill_timestamp=time.time(),
+            tags={},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=None,
+            description=None,
+            run_config=None,
+        )
+        instance.add_backfill(backfill)
+        return backfill.backfill_id
+
+
+@pytest.mark.timeout(2 * RUN_TIMEOUT + 120)
+def test_a_backfill_survives_losing_its_host_mid_download(cli, slow_web):
+    """The daemon, its code server and the runs it launched are killed at once (a lost host);
+    when the daemon comes back, dead_runs_sensor fails the dead runs, run retries re-execute them
+    and the backfill finishes every shard."""
+    shards = [42, 100]  # not adjacent: one run each
+    plain = Path(os.environ["MMC4_DOCS_URL"]) / "100.jsonl"
+    write_sample_shard(plain, documents=60, seed=100, image_base_url=slow_web.base_urls[0])
+    daemon = ["dagster-daemon", "run", "-m", "mmc4_assets.definitions"]
+    # Submitted first: the test and the daemon must not create the SQLite storage at once.
+    backfill_id = submit_backfill(cli.home, [str(s) for s in shards])
+    first_daemon = cli.start(daemon, "daemon1")
+
+    def downloading() -> int | None:
+        for shard in shards:
+            if not (cli.data / "status" / f"{shard}.parquet").exists():
+                if len(saved_images(cli.data / "images" / str(shard))) >= 10:
+                    return shard
+        return None
+
+    def every_started_run_reported() -> bool:
+        # (A run killed before its first step is found dead only dead_after_seconds after it
+        # started: test_run_health covers that; this test wants the by-process-id path.)
+        with dg.DagsterInstance.from_config(cli.home) as instance:
+            return all(run.steps for run in live_runs(instance))
+
+    wait_until(
+        lambda: downloading() and every_started_run_reported(),
+        RUN_TIMEOUT,
+        "a backfill run to be downloading",
+    )
+    cli.kill(first_daemon)  # the whole process group: daemon, code server, run workers, steps
+    killed_shard = downloading()
+    on_disk = saved_images(cli.data / "images" / str(killed_shard))
+    with dg.DagsterInstance.from_config(cli.home) as instance:
+        killed = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    assert killed, "no run was left in progress by the kill"
+
+    slow_web.reset_counters()
+    cli.start(daemon, "daemon2")
+    with dg.DagsterInstance.from_config(cli.home) as instance:
+
+        def backfill_done() -> bool:
+            return instance.get_backfill(backfill_id).status != BulkActionStatus.REQUESTED
+
+        wait_until(backfill_done, 2 * RUN_TIMEOUT, "the backfill to finish")
+        assert instance.get_backfill(backfill_id).status == BulkActionStatus.COMPLETED_SUCCESS
+        for run in killed:
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+            message = failure_message(cli.home, run.run_id)
+            assert "Run worker gone: its processes are gone" in message
+            assert "Marked by dead_runs_sensor" in message
+            (retry,) = instance.get_runs(dg.RunsFilter(tags={"dagster/parent_run_id": run.run_id}))
+            assert retry.status == dg.DagsterRunStatus.SUCCESS
+    for shard in shards:
+        assert_one_right_row_per_image(cli.data, shard)
+    table = read_status(cli.data, killed_shard)
+    kept = table[table["path"].map(lambda p: Path(p).name in on_disk)]
+    assert len(kept) == len(on_disk)
+    assert [slow_web.requests_for(url) for url in kept["url"]] == [0] * len(kept)
