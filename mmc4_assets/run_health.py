@@ -136,8 +136,9 @@ def death_reason(
                 f"no step of it reported a heartbeat in the {now - started:.0f} s since it started"
             )
         return None
-    local = [r for r in records if r.host == here.host]
-    remote = [r for r in records if r.host != here.host]
+    # Records of this host are checked by process; others (and any without a process) by beat.
+    local = [r for r in records if r.host == here.host and r.processes]
+    remote = [r for r in records if r not in local]
     for record in local:
         if abs(record.boot - here.boot) > _PID_START_TOLERANCE:
             continue  # recorded before this host rebooted
@@ -390,7 +391,10 @@ class _Heartbeat:
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
         self._thread.join(timeout=self._every + 5)
-        self.update(ticket=None, choosing=False)  # release the shards
+        try:
+            self.update(ticket=None, choosing=False)  # release the shards
+        except Exception as error:  # noqa: BLE001 - the run's end releases them anyway
+            self._context.log.warning(f"could not release the shards early: {error}")
 
     def update(self, **changes) -> None:
         with self._lock:

@@ -416,3 +416,22 @@ def test_a_backfill_survives_losing_its_host_mid_download(cli, slow_web):
     kept = table[table["path"].map(lambda p: Path(p).name in on_disk)]
     assert len(kept) == len(on_disk)
     assert [slow_web.requests_for(url) for url in kept["url"]] == [0] * len(kept)
+
+
+def test_a_run_declared_dead_while_working_stops_writing(cli, slow_web):
+    """If others gave up on a run (e.g. its host was cut off longer than dead_after_seconds) and
+    it comes back, its heartbeat sees that and stops the step: one shard, one writer."""
+    fetch_docs_in_process(cli.home)
+    images = cli.data / "images" / "42"
+    process = cli.start(DOWNLOAD, "revenant")
+    wait_until(lambda: len(saved_images(images)) >= 10, RUN_TIMEOUT, "the run's first images")
+    with dg.DagsterInstance.from_config(cli.home) as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        instance.report_run_failed(run, "declared dead by another host (this test)")
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run went on working after it was declared dead")
+    log = cli.log("revenant")
+    assert "this run was marked FAILURE while this step was still working" in log
+    assert len(saved_images(images)) < len(list(iter_image_refs(cli.data / "raw_docs/42.jsonl")))
