@@ -19,6 +19,7 @@ from mmc4_assets.resources import (
     StalenessPolicy,
     TrainingShardSettings,
 )
+from mmc4_assets.run_health import RunHealth, dead_runs_sensor
 from mmc4_assets.schedules import new_shards_schedule
 from mmc4_assets.sensors import stale_images_sensor
 
@@ -35,12 +36,13 @@ RESOURCES = {
     "staleness": StalenessPolicy(),
     "backfill": BackfillSettings(),
     "training_shard_settings": TrainingShardSettings(),
+    "run_health": RunHealth(),
 }
 
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
-    sensors=[stale_images_sensor],
+    sensors=[stale_images_sensor, dead_runs_sensor],
     schedules=[new_shards_schedule],
     resources=RESOURCES,
 )

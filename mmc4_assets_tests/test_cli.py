@@ -102,7 +102,10 @@ def test_dg_lists_the_definitions(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     listed = orjson.loads(result.stdout)
     assert ASSET_KEYS <= {asset["asset_key"] for asset in listed["assets"]}
-    assert {sensor["name"] for sensor in listed["sensors"]} == {"stale_images_sensor"}
+    assert {sensor["name"] for sensor in listed["sensors"]} == {
+        "stale_images_sensor",
+        "dead_runs_sensor",
+    }
     assert {schedule["name"] for schedule in listed["schedules"]} == {"new_shards_schedule"}
     checks = {check["name"] for check in listed["asset_checks"]}
     assert {

@@ -1,6 +1,10 @@
 """What every shard asset needs: the shards of this run, and the backfill batching."""
 
+import contextlib
+import errno
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -42,3 +46,25 @@ def outcome_table(counts: dict[str, int]) -> str:
     """A markdown table of images per outcome, every outcome listed."""
     rows = [f"| {outcome} | {counts.get(outcome, 0)} |" for outcome in OUTCOMES]
     return "| outcome | images |\n|---|---|\n" + "\n".join(rows)
+
+
+@contextlib.contextmanager
+def disk_full_fails_clearly(data_dir: Path, shards: list[tuple[str, int]]) -> Iterator[None]:
+    """Turn "no space left" into a step failure that says what happened and what to do.
+
+    Every file is written to a temporary name and renamed into place, so what is on disk after
+    the failure is whole; the next run keeps it."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        numbers = ", ".join(str(shard) for _, shard in shards)
+        raise dg.Failure(
+            description=f"The data folder {data_dir} is full ({error.strerror}) while writing "
+            f"shard(s) {numbers}. Files already written are complete and kept; no partial file "
+            "is left under a final name. Free some space (or point MMC4_DATA_DIR at a bigger "
+            "disk) and run again: what is already valid is not fetched again.",
+            metadata={"data_dir": dg.MetadataValue.path(str(data_dir))},
+            allow_retries=False,
+        ) from error

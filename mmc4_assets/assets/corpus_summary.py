@@ -8,6 +8,7 @@ from mmc4_assets.assets.common import outcome_table, percent
 from mmc4_assets.assets.images import STATUS_REPORT
 from mmc4_assets.corpus.status import OUTCOMES
 from mmc4_assets.resources import StalenessPolicy
+from mmc4_assets.run_health import RunHealth
 from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_due_at
 
 
@@ -19,22 +20,23 @@ from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_
     "and how many shards are due for a stale-image run. Built from metadata, not files.",
 )
 def corpus_summary(
-    context: dg.AssetExecutionContext, staleness: StalenessPolicy
+    context: dg.AssetExecutionContext, staleness: StalenessPolicy, run_health: RunHealth
 ) -> dg.MaterializeResult:
-    latest = latest_storage_ids(context.instance, STATUS_REPORT)
-    totals = dict.fromkeys(OUTCOMES, 0)
-    images = nbytes = retryable = stale_shards = 0
-    now = time.time()
-    for record in fetch_records(context.instance, STATUS_REPORT, latest.values()):
-        meta = record.metadata
-        images += int(meta.get("images", 0))
-        nbytes += int(meta.get("bytes", 0))
-        retryable += int(meta.get("retryable_failures", 0))
-        for outcome in OUTCOMES:
-            totals[outcome] += int(meta.get(f"outcome_{outcome}", 0))
-        due_at = shard_due_at(meta, staleness)
-        if due_at is not None and due_at <= now:
-            stale_shards += 1
+    with run_health.guard(context):  # a heartbeat only: it writes no shard
+        latest = latest_storage_ids(context.instance, STATUS_REPORT)
+        totals = dict.fromkeys(OUTCOMES, 0)
+        images = nbytes = retryable = stale_shards = 0
+        now = time.time()
+        for record in fetch_records(context.instance, STATUS_REPORT, latest.values()):
+            meta = record.metadata
+            images += int(meta.get("images", 0))
+            nbytes += int(meta.get("bytes", 0))
+            retryable += int(meta.get("retryable_failures", 0))
+            for outcome in OUTCOMES:
+                totals[outcome] += int(meta.get(f"outcome_{outcome}", 0))
+            due_at = shard_due_at(meta, staleness)
+            if due_at is not None and due_at <= now:
+                stale_shards += 1
     context.log.info(f"{len(latest)} shards, {images} images, {totals['ok']} ok")
     return dg.MaterializeResult(
         metadata={

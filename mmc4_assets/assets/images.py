@@ -13,6 +13,7 @@ import pandas as pd
 
 from mmc4_assets.assets.common import (
     SHARD_BACKFILL_POLICY,
+    disk_full_fails_clearly,
     outcome_table,
     percent,
     rounded,
@@ -35,6 +36,7 @@ from mmc4_assets.corpus.status import (
 )
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ImageDownloader, StalenessPolicy
+from mmc4_assets.run_health import RunHealth
 
 DOWNLOADED_IMAGES = dg.AssetKey("downloaded_images")
 STATUS_REPORT = dg.AssetKey("status_report")
@@ -142,56 +144,64 @@ def download_images(
     storage: CorpusStorage,
     image_downloader: ImageDownloader,
     staleness: StalenessPolicy,
+    run_health: RunHealth,
 ):
     settings = image_downloader.settings()
-    for key, shard in run_shards(context):
-        refs = list(iter_image_refs(storage.raw_docs_path(shard)))
-        previous = read_status(storage.root, shard)
-        targets = None
-        if config.only_stale and previous is not None:
-            targets = stale_targets(
-                previous,
+    shards = run_shards(context)
+    # One run at a time per shard, dead runs cleaned up first; a full disk says so.
+    with (
+        run_health.guard(context, [shard for _, shard in shards]),
+        disk_full_fails_clearly(storage.root, shards),
+    ):
+        for key, shard in shards:
+            refs = list(iter_image_refs(storage.raw_docs_path(shard)))
+            previous = read_status(storage.root, shard)
+            targets = None
+            if config.only_stale and previous is not None:
+                targets = stale_targets(
+                    previous,
+                    data_dir=storage.root,
+                    now=datetime.now(UTC),
+                    retry_cooldown=staleness.retry_cooldown,
+                    max_age=staleness.max_age,
+                )
+                context.log.info(f"shard {shard}: {len(targets)} stale image(s) to re-download")
+
+            def report(progress: ProgressInfo, shard: int = shard) -> None:
+                context.log.info(
+                    f"shard {shard}: {progress.done}/{progress.total} images, "
+                    f"{progress.outcomes.get('ok', 0)} ok, "
+                    f"{progress.images_per_second:.1f} images/s"
+                )
+
+            started = time.monotonic()
+            table = download_shard(
+                refs,
                 data_dir=storage.root,
-                now=datetime.now(UTC),
-                retry_cooldown=staleness.retry_cooldown,
-                max_age=staleness.max_age,
+                shard=shard,
+                settings=settings,
+                previous=previous,
+                targets=targets,
+                progress=report,
             )
-            context.log.info(f"shard {shard}: {len(targets)} stale image(s) to re-download")
-
-        def report(progress: ProgressInfo, shard: int = shard) -> None:
+            wall = time.monotonic() - started
+            paths = write_status(table, storage.root, shard)
+            summary = summarize(table)
+            attempted = len(refs) if targets is None else len(targets)
+            context.add_asset_metadata(
+                _images_metadata(summary, attempted, wall, storage.images_dir(shard)),
+                asset_key=DOWNLOADED_IMAGES,
+                partition_key=key,
+            )
+            context.add_asset_metadata(
+                _report_metadata(table, summary, staleness, storage.images_dir(shard), paths),
+                asset_key=STATUS_REPORT,
+                partition_key=key,
+            )
             context.log.info(
-                f"shard {shard}: {progress.done}/{progress.total} images, "
-                f"{progress.outcomes.get('ok', 0)} ok, {progress.images_per_second:.1f} images/s"
+                f"shard {shard}: {summary['outcomes'].get('ok', 0)}/{summary['images']} ok "
+                f"({summary['success_rate']:.1%}), {attempted} attempted in {wall:.1f}s"
             )
-
-        started = time.monotonic()
-        table = download_shard(
-            refs,
-            data_dir=storage.root,
-            shard=shard,
-            settings=settings,
-            previous=previous,
-            targets=targets,
-            progress=report,
-        )
-        wall = time.monotonic() - started
-        paths = write_status(table, storage.root, shard)
-        summary = summarize(table)
-        attempted = len(refs) if targets is None else len(targets)
-        context.add_asset_metadata(
-            _images_metadata(summary, attempted, wall, storage.images_dir(shard)),
-            asset_key=DOWNLOADED_IMAGES,
-            partition_key=key,
-        )
-        context.add_asset_metadata(
-            _report_metadata(table, summary, staleness, storage.images_dir(shard), paths),
-            asset_key=STATUS_REPORT,
-            partition_key=key,
-        )
-        context.log.info(
-            f"shard {shard}: {summary['outcomes'].get('ok', 0)}/{summary['images']} ok "
-            f"({summary['success_rate']:.1%}), {attempted} attempted in {wall:.1f}s"
-        )
     # Per-shard metadata was attached above; these close the step for every shard of the run.
     yield dg.MaterializeResult(asset_key=DOWNLOADED_IMAGES)
     yield dg.MaterializeResult(asset_key=STATUS_REPORT)
