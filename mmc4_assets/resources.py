@@ -13,8 +13,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from mmc4_assets.corpus.download import DownloadSettings
 from mmc4_assets.corpus.status import status_parquet_path
+from mmc4_assets.downloader import DownloadSettings
 
 
 def _env_flag(name: str) -> bool:

@@ -18,8 +18,6 @@ from mmc4_assets.assets.common import (
     rounded,
     run_shards,
 )
-from mmc4_assets.corpus.download import ProgressInfo, download_shard
-from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.staleness import (
     folder_mtime,
     stale_clocks,
@@ -33,6 +31,8 @@ from mmc4_assets.corpus.status import (
     summarize,
     write_status,
 )
+from mmc4_assets.downloader import ProgressInfo, download_shard
+from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ImageDownloader, StalenessPolicy
 

@@ -8,14 +8,14 @@ from email.utils import formatdate
 
 import pytest
 
-from mmc4_assets.corpus.http_fetch import (
+from mmc4_assets.downloader.fetching.client import (
     FetchOptions,
     HttpFetcher,
     check_url,
     opted_out,
     parse_retry_after,
 )
-from mmc4_assets_tests.corpus.local_server import hang_up, image_bytes, send
+from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, send
 
 FAST = dict(
     allow_private_networks=True,

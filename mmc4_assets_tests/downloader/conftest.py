@@ -1,10 +1,10 @@
-"""Fixtures shared by the corpus tests."""
+"""Fixtures shared by the downloader tests."""
 
 from __future__ import annotations
 
 import pytest
 
-from mmc4_assets_tests.corpus.local_server import LocalServer
+from mmc4_assets_tests.downloader.local_server import LocalServer
 
 
 @pytest.fixture

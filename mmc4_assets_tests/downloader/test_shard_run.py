@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmc4_assets.corpus.download import DownloadSettings, ProgressInfo, download_shard
-from mmc4_assets.corpus.image_refs import ImageRef
 from mmc4_assets.corpus.status import check_status, write_status
 from mmc4_assets.devtools.loopback_web import bomb_png
-from mmc4_assets_tests.corpus.local_server import hang_up, image_bytes, send
+from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
+from mmc4_assets.downloader.refs import ImageRef
+from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, send
 
 SETTINGS = DownloadSettings(
     allow_private_networks=True,

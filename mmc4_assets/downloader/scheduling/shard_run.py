@@ -27,12 +27,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write, remove_stale_temporaries
-from .http_fetch import FetchOptions, FetchResult, HttpFetcher, InvalidUrl, check_url, host_of
-from .image_names import NameAllocator, contained_path
-from .image_refs import ImageRef
-from .imaging import ImageRejected, prepare_image, verify_file_bytes
-from .status import ALL_COLUMNS, normalize_status, read_status
+from mmc4_assets.corpus.atomic import atomic_write, remove_stale_temporaries
+from mmc4_assets.corpus.status import ALL_COLUMNS, normalize_status, read_status
+
+from ..fetching.client import FetchOptions, FetchResult, HttpFetcher, InvalidUrl, check_url, host_of
+from ..imaging.prepare import ImageRejected, prepare_image, verify_file_bytes
+from ..refs import ImageRef
+from ..storing.names import NameAllocator, contained_path
 
 
 @dataclass(frozen=True)
