@@ -5,10 +5,14 @@ resize), ``storing`` (safe names, files and status rows), ``scheduling`` (the sh
 """
 
 from mmc4_assets.downloader.refs import ImageRef, iter_image_refs
-from mmc4_assets.downloader.scheduling.shard_run import (
-    DownloadSettings,
-    ProgressInfo,
-    download_shard,
-)
+from mmc4_assets.downloader.scheduling.shard_run import ProgressInfo, download_shard
+from mmc4_assets.downloader.settings import CaBundleError, DownloadSettings
 
-__all__ = ["DownloadSettings", "ImageRef", "ProgressInfo", "download_shard", "iter_image_refs"]
+__all__ = [
+    "CaBundleError",
+    "DownloadSettings",
+    "ImageRef",
+    "ProgressInfo",
+    "download_shard",
+    "iter_image_refs",
+]

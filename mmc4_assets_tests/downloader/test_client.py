@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from email.utils import formatdate
 
 import pytest
 
-from mmc4_assets.downloader.fetching.client import (
-    FetchOptions,
-    HttpFetcher,
-    check_url,
-    opted_out,
-    parse_retry_after,
-)
+from mmc4_assets.downloader import DownloadSettings
+from mmc4_assets.downloader.fetching.client import FetchResult, HttpClient
+from mmc4_assets.downloader.fetching.urls import check_url, opted_out, parse_retry_after
 from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, send
 
 FAST = dict(
@@ -28,8 +25,28 @@ FAST = dict(
 )
 
 
-def fetcher(**overrides) -> HttpFetcher:
-    return HttpFetcher(FetchOptions(**{**FAST, **overrides}))
+class Fetcher:
+    """Runs HttpClient.fetch (retries waited in place) for one URL at a time, from sync tests."""
+
+    def __init__(self, settings: DownloadSettings) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def fetch(self, url: str, **conditional) -> FetchResult:
+        async def run() -> FetchResult:
+            async with HttpClient(self.settings) as client:
+                return await client.fetch(url, **conditional)
+
+        return asyncio.run(run())
+
+
+def fetcher(**overrides) -> Fetcher:
+    return Fetcher(DownloadSettings(**{**FAST, **overrides}))
 
 
 JPEG = image_bytes(64, 48)

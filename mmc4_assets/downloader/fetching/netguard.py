@@ -1,8 +1,9 @@
 """Address policy: which hosts the image downloader may connect to.
 
-The check runs on the address actually being connected (inside the urllib3 connection), so a
-DNS answer that changes between a check and the connect (rebinding) cannot slip through, and
-every redirect hop is checked the same way.
+The check runs on the addresses the client actually connects to: host names go through
+GuardedResolver, whose filtered answer is all the connector ever sees (so a DNS answer that
+changes between a check and the connect cannot slip through), and IP-literal hosts, which the
+connector does not resolve, are checked by ``check_literal`` on every hop, redirects included.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 
 class BlockedAddress(Exception):
     """The host resolves only to addresses we refuse (loopback, private, ...).
 
-    Deliberately not an OSError, so urllib3 does not wrap it or treat it as a network failure.
+    Deliberately not an OSError, so the HTTP client does not wrap it as a network failure.
     """
 
 
@@ -60,14 +59,12 @@ class AddressPolicy:
 
 
 def allowed_addresses(host: str, port: int, policy: AddressPolicy) -> list[tuple]:
-    """Resolve ``host`` and keep only the addresses the policy allows.
+    """Resolve ``host`` (blocking) and keep only the addresses the policy allows.
 
     Raises BlockedAddress when the name resolves but nothing is allowed; socket.gaierror when it
     does not resolve.
     """
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    if policy.allow_private:
-        return infos
     kept = [info for info in infos if policy.permits(info[4][0])]
     if not kept:
         shown = ", ".join(sorted({info[4][0] for info in infos}))
@@ -75,73 +72,55 @@ def allowed_addresses(host: str, port: int, policy: AddressPolicy) -> list[tuple
     return kept
 
 
-def _connect_checked(conn: HTTPConnection, policy: AddressPolicy) -> socket.socket:
-    """Resolve, check and connect to the first allowed address that answers."""
+def ip_literal(host: str) -> str | None:
+    """``host`` as an IP address string when it is one (brackets stripped), else None."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        infos = allowed_addresses(conn._dns_host, conn.port, policy)
-    except socket.gaierror as error:
-        raise NameResolutionError(conn.host, conn, error) from error
-    last_error: OSError | None = None
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            for option in conn.socket_options or ():
-                sock.setsockopt(*option)
-            sock.settimeout(conn.timeout)
-            sock.connect(address)
-        except TimeoutError as error:
-            sock.close()
-            raise ConnectTimeoutError(conn, f"connect to {conn.host} timed out") from error
-        except OSError as error:
-            sock.close()
-            last_error = error
-            continue
-        _notify(sock)
-        return sock
-    raise NewConnectionError(conn, f"Failed to establish a new connection: {last_error}")
+        return str(ipaddress.ip_address(bare.split("%", 1)[0]))
+    except ValueError:
+        return None
 
 
-_socket_hook = None
+def check_literal(host: str, policy: AddressPolicy) -> None:
+    """Raise BlockedAddress when ``host`` is an IP literal the policy refuses."""
+    address = ip_literal(host)
+    if address is not None and not policy.permits(address):
+        raise BlockedAddress(f"{host} is a non-public address")
 
 
-def _notify(sock: socket.socket) -> None:
-    if _socket_hook is not None:
-        _socket_hook(sock)
+class GuardedResolver(AbstractResolver):
+    """Resolves through getaddrinfo and hands the connector only allowed addresses.
 
-
-def set_socket_hook(hook) -> None:
-    """Let the fetcher learn which socket each request uses (to enforce its per-image deadline).
-
-    ``hook(sock)`` runs in the requesting thread on every new connect and every request.
+    Answers, refusals and failures alike are kept for the life of the resolver (one shard run),
+    so a host holding a thousand images is looked up once.
     """
-    global _socket_hook
-    _socket_hook = hook
 
+    def __init__(self, policy: AddressPolicy) -> None:
+        self._policy = policy
+        self._inner = ThreadedResolver()
+        self._answers: dict[tuple[str, int, int], list[ResolveResult] | BaseException] = {}
 
-def guarded_pool_manager(policy: AddressPolicy, **kwargs) -> urllib3.PoolManager:
-    """A PoolManager whose connections enforce the address policy on every connect."""
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        key = (host, port, int(family))
+        answer = self._answers.get(key)
+        if answer is None:
+            try:
+                answer = self._filter(host, await self._inner.resolve(host, port, family))
+            except (OSError, BlockedAddress) as error:
+                answer = error
+            self._answers[key] = answer
+        if isinstance(answer, BaseException):
+            raise type(answer)(*answer.args)  # a fresh one: re-raising grows its traceback
+        return answer
 
-    class _Guarded:
-        def _new_conn(self) -> socket.socket:
-            return _connect_checked(self, policy)
+    def _filter(self, host: str, found: list[ResolveResult]) -> list[ResolveResult]:
+        kept = [entry for entry in found if self._policy.permits(entry["host"])]
+        if not kept:
+            shown = ", ".join(sorted({entry["host"] for entry in found}))
+            raise BlockedAddress(f"{host} resolves to non-public address {shown}")
+        return kept
 
-        def request(self, *args, **kwargs):
-            if self.sock is not None:
-                _notify(self.sock)
-            return super().request(*args, **kwargs)
-
-    class _GuardedHTTPConnection(_Guarded, HTTPConnection):
-        pass
-
-    class _GuardedHTTPSConnection(_Guarded, HTTPSConnection):
-        pass
-
-    class _GuardedHTTPPool(HTTPConnectionPool):
-        ConnectionCls = _GuardedHTTPConnection
-
-    class _GuardedHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = _GuardedHTTPSConnection
-
-    manager = urllib3.PoolManager(**kwargs)
-    manager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
-    return manager
+    async def close(self) -> None:
+        await self._inner.close()

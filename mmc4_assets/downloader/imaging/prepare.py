@@ -12,26 +12,22 @@ animation over the limit keeps only its first frame.
 from __future__ import annotations
 
 import io
-import queue
 import threading
 import warnings
 from dataclasses import dataclass
 
-import magic
 from PIL import Image, ImageFile
+
+from .sniff import sniff_mimetype
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # Formats we write back as themselves; anything else is saved as PNG (lossless, every mode).
 _SAVE_AS_SELF = {"JPEG", "PNG", "GIF", "WEBP"}
 _MIME_OF = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
-_SNIFF_BYTES = 8192
 # Decoding a huge non-JPEG image needs its full pixel buffer: allow only a couple at a time.
 _BIG_DECODE_PIXELS = 16_000_000
 _big_decodes = threading.BoundedSemaphore(2)
-# libmagic handles are not thread-safe, and each maps the whole magic database: keep a few and
-# share them instead of one per thread (64 mappings add ~80 MB to the resident size).
-_sniffers: queue.SimpleQueue = queue.SimpleQueue()
 
 
 class ImageRejected(Exception):
@@ -54,18 +50,6 @@ class PreparedImage:
     original_width: int
     original_height: int
     resized: bool
-
-
-def sniff_mimetype(data: bytes) -> str:
-    """libmagic's MIME type of ``data`` (one handle per concurrent caller, reused)."""
-    try:
-        sniffer = _sniffers.get_nowait()
-    except queue.Empty:
-        sniffer = magic.Magic(mime=True)
-    try:
-        return sniffer.from_buffer(data[:_SNIFF_BYTES])
-    finally:
-        _sniffers.put(sniffer)
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -1,72 +1,47 @@
-"""Download one shard's images: schedule, fetch, validate, store, and account for every image.
+"""Download one shard's images: plan, fetch, validate, store, and account for every image.
 
-Threads do the work (network waits and Pillow decoding both release the GIL). A scheduler hands
-each free thread an image whose host is below its connection limit, round-robin over hosts, so
-a slow or rate-limiting host holds at most ``per_host`` threads while the rest keep moving. Only
-one body per thread is ever in memory, and at most one decode per CPU runs at once. Every image
-ends with exactly one status row.
-
-Outcomes beyond the fetch: a target that we held (previous row ok) answering 404/410 is
-``gone`` and our copy is deleted; a transient failure (timeout, connection error, 429, 5xx) while
-refreshing a held copy keeps the copy and its row (``error`` notes the failed refresh); any other
-non-ok outcome deletes whatever file stood for the image.
+One event loop runs every request (hundreds in flight cost a coroutine and a socket each, so
+latency is hidden by numbers, not threads); a small thread pool decodes and writes, at most one
+image per CPU, since Pillow releases the GIL. Memory is bounded by body bytes: no new request
+starts while ``max_bytes_in_flight`` bytes are being received or wait for a decoder. A host
+queue keeps every host within ``per_host`` requests, busiest hosts first; a retry waits in a
+timed queue rather than in a slot; a per-host breaker ends the images of hosts that refuse or
+never answer. Every image ends with exactly one status row, and no run outlives its images'
+deadlines.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import os
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from mmc4_assets.corpus.atomic import atomic_write, remove_stale_temporaries
+from mmc4_assets.corpus.atomic import remove_stale_temporaries
 from mmc4_assets.corpus.status import ALL_COLUMNS, normalize_status, read_status
 
-from ..fetching.client import FetchOptions, FetchResult, HttpFetcher, InvalidUrl, check_url, host_of
-from ..imaging.prepare import ImageRejected, prepare_image, verify_file_bytes
+from ..fetching.breaker import HostBreaker
+from ..fetching.client import ByteMeter, FetchResult, HttpClient, retry_delay
+from ..fetching.urls import InvalidUrl, check_url, host_of
 from ..refs import ImageRef
+from ..settings import DownloadSettings, tls_context
 from ..storing.names import NameAllocator, contained_path
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    """How to fetch: concurrency, time and size limits, retries, identity and policy.
-
-    The HTTP knobs default to FetchOptions' values, so each default is written once.
-    """
-
-    max_concurrency: int = 64
-    per_host: int = FetchOptions.per_host
-    connect_timeout: float = FetchOptions.connect_timeout
-    read_timeout: float = FetchOptions.read_timeout
-    total_deadline: float = FetchOptions.total_deadline
-    max_bytes: int = FetchOptions.max_bytes
-    max_pixels: int = 100_000_000
-    max_redirects: int = FetchOptions.max_redirects
-    max_attempts: int = FetchOptions.max_attempts
-    backoff_base: float = FetchOptions.backoff_base
-    backoff_max: float = FetchOptions.backoff_max
-    retry_after_cap: float = FetchOptions.retry_after_cap
-    user_agent: str = FetchOptions.user_agent
-    respect_opt_out: bool = FetchOptions.respect_opt_out
-    allow_private_networks: bool = FetchOptions.allow_private_networks
-    # Private networks reachable even when allow_private_networks is off (e.g. "10.1.2.0/24").
-    allowed_networks: tuple[str, ...] = FetchOptions.allowed_networks
-    max_side: int = 800
-    # Images decoded at once (0: one per CPU): more buys no speed, only memory.
-    decode_workers: int = 0
-
-    def fetch_options(self) -> FetchOptions:
-        names = {f.name for f in fields(FetchOptions)}
-        return FetchOptions(**{k: v for k, v in vars(self).items() if k in names})
+from ..storing.store import (
+    ImageJob,
+    check_local_copy,
+    failure_row,
+    remove_file,
+    store_body,
+    store_outcome,
+)
+from .hosts import HostQueue
 
 
 @dataclass
@@ -81,29 +56,16 @@ class ProgressInfo:
     bytes: int
 
 
-@dataclass
-class _Job:
-    position: int
-    ref: ImageRef
-    name: str
-    path: Path
-    relpath: str
-    previous: dict | None
-    conditional: bool = False
-    have_copy: bool = False  # a valid copy is on disk (refresh of a target)
-
-
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _malloc_tuned = False
 
 
 def _tune_malloc() -> None:
-    """Keep glibc from hoarding freed image buffers across many threads (Linux only).
+    """Keep glibc from hoarding freed image buffers across threads (Linux only).
 
-    Dozens of threads allocating and freeing bodies of a few hundred KB make glibc grow one
-    arena per thread and raise its mmap threshold, so freed memory is kept, not returned: peak
-    RSS doubles. A fixed 64 KB mmap threshold (bodies and pixels go straight back to the OS)
-    and four arenas keep it flat.
+    Threads allocating and freeing bodies of a few hundred KB make glibc grow one arena per
+    thread and raise its mmap threshold, so freed memory is kept, not returned. A fixed 64 KB
+    mmap threshold (bodies and pixels go straight back to the OS) and four arenas keep it flat.
     """
     global _malloc_tuned
     if _malloc_tuned:
@@ -118,14 +80,6 @@ def _tune_malloc() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
     except (OSError, AttributeError):
         pass
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _previous_rows(previous: pd.DataFrame | None) -> dict[tuple[int, int], dict]:
@@ -152,10 +106,12 @@ def download_shard(
     Resumable: images already valid on disk are not fetched again (their row is carried over,
     or rebuilt from the file). ``previous`` defaults to the shard's status file, if any. With
     ``targets``, only those (doc, index) images are attempted (conditionally when we hold a valid
-    copy with validators); every other image keeps its previous row.
+    copy with validators); every other image keeps its previous row. Raises CaBundleError at
+    once when ``settings.ca_bundle`` cannot be used.
     """
+    tls = tls_context(settings.ca_bundle)
     _tune_malloc()
-    run = _ShardRun(Path(data_dir), int(shard), settings, progress, progress_interval)
+    run = _ShardRun(Path(data_dir), int(shard), settings, tls, progress, progress_interval)
     if previous is None:
         previous = read_status(data_dir, shard)
     return run.execute(list(refs), _previous_rows(previous), targets)
@@ -164,22 +120,23 @@ def download_shard(
 class _ShardRun:
     """State of one download_shard call."""
 
-    def __init__(self, data_dir, shard, settings, progress, progress_interval) -> None:
+    def __init__(self, data_dir, shard, settings, tls, progress, progress_interval) -> None:
         self.data_dir = data_dir
         self.shard = shard
         self.settings = settings
+        self.tls = tls
         self.folder = data_dir / "images" / str(shard)
         self.progress = progress
         self.progress_interval = progress_interval
-        self._lock = threading.Lock()
+        self.rows: list[tuple | None] = []
+        self._lock = threading.Lock()  # progress counters: decode threads and the loop
         self._outcomes: Counter[str] = Counter()
         self._done = 0
         self._bytes = 0
         self._total = 0
         self._started = time.monotonic()
-        self._failure: BaseException | None = None
-        slots = settings.decode_workers or (os.cpu_count() or 2)
-        self._decode_slots = threading.BoundedSemaphore(max(1, slots))
+        cpus = os.cpu_count() or 2
+        self._decoders = max(1, settings.decode_workers or cpus)
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -187,9 +144,9 @@ class _ShardRun:
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.folder)
         self._total = len(refs)
-        rows: list[dict | None] = [None] * len(refs)
+        self.rows = [None] * len(refs)
         allocator = NameAllocator()
-        jobs: list[_Job] = []
+        jobs: list[ImageJob] = []
         for position, ref in enumerate(refs):
             name = allocator.allocate(ref.image_name, ref.url, ref.doc, ref.index)
             path = contained_path(self.folder, name)
@@ -197,75 +154,42 @@ class _ShardRun:
             if old is not None and (old["url"] != ref.url or old["image_name"] != ref.image_name):
                 old = None  # the shard changed under us: that row describes another image
             if targets is not None and (ref.doc, ref.index) not in targets and old is not None:
-                self._finish(rows, position, old)
+                self._finish(position, old)
                 continue
-            job = _Job(position, ref, name, path, f"images/{self.shard}/{name}", old)
+            job = ImageJob(position, ref, name, path, f"images/{self.shard}/{name}", old)
             try:
                 check_url(ref.url)
             except InvalidUrl as error:
-                self._finish(rows, position, self._failure_row(job, "invalid_url", str(error)))
-                self._remove(job)
+                self._finish(position, failure_row(self.shard, job, "invalid_url", str(error)))
+                remove_file(job)
                 continue
+            job.host = host_of(ref.url)
             jobs.append(job)
         self._report()
-        network = self._check_local_copies(jobs, rows, refresh=targets is not None)
-        self._fetch_all(network, rows)
-        if self._failure is not None:
-            raise self._failure
+        with ThreadPoolExecutor(self._decoders, thread_name_prefix="mmc4-decode") as pool:
+            network = self._check_local_copies(jobs, pool, refresh=targets is not None)
+            if network:
+                _run_coroutine(lambda: self._fetch_all(network, pool))
         self._report()
-        return normalize_status(pd.DataFrame.from_records(rows, columns=ALL_COLUMNS))
+        return normalize_status(pd.DataFrame.from_records(self.rows, columns=ALL_COLUMNS))
 
-    def _check_local_copies(self, jobs, rows, *, refresh: bool) -> list[_Job]:
+    def _check_local_copies(self, jobs, pool, *, refresh: bool) -> list[ImageJob]:
         """Carry over valid files (full mode) or prepare conditional refreshes (targets mode)."""
         on_disk = [job for job in jobs if job.path.is_file()]
         if not on_disk:
             return jobs
-        settings = self.settings
 
-        def check(job: _Job) -> dict | None:
-            data = job.path.read_bytes()
-            old = job.previous
-            if (
-                old is not None
-                and old["outcome"] == "ok"
-                and old.get("path") == job.relpath
-                and old.get("sha256") == _sha256(data)
-            ):
-                return old
-            described = verify_file_bytes(
-                data, max_side=settings.max_side, max_pixels=settings.max_pixels
-            )
-            if described is None:
-                return None
-            row = self._base_row(job, attempts=0)
-            row.update(
-                outcome="ok",
-                path=job.relpath,
-                mimetype=described.mimetype,
-                bytes=len(data),
-                width=described.width,
-                height=described.height,
-                original_width=(old or {}).get("original_width") or described.width,
-                original_height=(old or {}).get("original_height") or described.height,
-                sha256=_sha256(data),
-                http_status=(old or {}).get("http_status"),
-                etag=(old or {}).get("etag"),
-                last_modified=(old or {}).get("last_modified"),
-                fetched_at=datetime.fromtimestamp(job.path.stat().st_mtime, UTC),
-            )
-            return row
+        def check(job: ImageJob) -> dict | None:
+            return check_local_copy(job, self.settings, self.shard)
 
-        cpus = os.cpu_count() or 2
-        workers = max(1, min(self.settings.max_concurrency, len(on_disk), 2 * cpus))
-        with ThreadPoolExecutor(workers, thread_name_prefix="mmc4-verify") as pool:
-            verdicts = dict(zip((id(j) for j in on_disk), pool.map(check, on_disk), strict=True))
+        verdicts = dict(zip(map(id, on_disk), pool.map(check, on_disk), strict=True))
         remaining = []
         for job in jobs:
             row = verdicts.get(id(job))
             if row is None:
                 remaining.append(job)
             elif not refresh:
-                self._finish(rows, job.position, row)
+                self._finish(job.position, row)
             else:
                 job.have_copy = True
                 job.previous = row
@@ -275,173 +199,123 @@ class _ShardRun:
 
     # -- fetching ---------------------------------------------------------------------------
 
-    def _fetch_all(self, jobs: list[_Job], rows: list) -> None:
-        if not jobs:
-            return
-        scheduler = _HostScheduler(self.settings.per_host)
-        for job in jobs:
-            scheduler.add(host_of(job.ref.url), job)
-        fetcher = HttpFetcher(self.settings.fetch_options())
-        stop = threading.Event()
-
-        def worker() -> None:
-            while not stop.is_set():
-                taken = scheduler.take()
-                if taken is None:
-                    return
-                host, job = taken
-                try:
-                    try:
-                        result = self._fetch(fetcher, job)
-                    finally:
-                        scheduler.release(host)
-                    row = self._store(job, result)
-                    self._finish(rows, job.position, row)
-                except BaseException as error:  # noqa: BLE001 - surfaced in the caller
-                    with self._lock:
-                        self._failure = self._failure or error
-                    stop.set()
-                    scheduler.abort()
-                    return
-                finally:
-                    scheduler.complete()
-
-        threads = [
-            threading.Thread(target=worker, name=f"mmc4-fetch-{i}", daemon=True)
-            for i in range(max(1, min(self.settings.max_concurrency, len(jobs))))
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            while not scheduler.wait_done(self.progress_interval):
-                self._report()
-        finally:
-            stop.set()
-            scheduler.abort()  # a no-op after a full run; frees idle workers after an error
-            for thread in threads:
-                thread.join()
-            fetcher.close()
-
-    def _fetch(self, fetcher: HttpFetcher, job: _Job) -> FetchResult:
-        old = job.previous if job.conditional else None
-        return fetcher.fetch(
-            job.ref.url,
-            etag=(old or {}).get("etag"),
-            last_modified=(old or {}).get("last_modified"),
-        )
-
-    # -- storing ----------------------------------------------------------------------------
-
-    def _store(self, job: _Job, result: FetchResult) -> dict:
-        """Turn a fetch result into the image's row, writing or deleting its file."""
+    async def _fetch_all(self, jobs: list[ImageJob], pool: ThreadPoolExecutor) -> None:
         settings = self.settings
-        old = job.previous
-        had_ok = old is not None and old.get("outcome") == "ok"
-        if result.outcome == "not_modified" and job.have_copy:
-            row = dict(old)
-            row.update(
-                fetched_at=_now(),
-                http_status=304,
-                attempts=result.attempts,
-                error=None,
-                etag=result.etag or old.get("etag"),
-                last_modified=result.last_modified or old.get("last_modified"),
-            )
-            return row
-        if result.outcome == "not_modified":  # 304 without a copy to keep: never asked for it
-            result.outcome, result.error = "http_error", "unexpected 304"
-        if result.outcome is None:
-            with self._lock:
-                self._bytes += len(result.body or b"")
+        loop = asyncio.get_running_loop()
+        queue = HostQueue(settings.per_host)
+        for job in jobs:
+            queue.add(job)
+        breaker = HostBreaker(settings.breaker_failures)
+        meter = ByteMeter()
+        wake = asyncio.Event()
+        tasks: set[asyncio.Task] = set()
+        fetching = 0
+        failure: list[BaseException] = []
+
+        def done(task: asyncio.Task) -> None:
+            nonlocal fetching
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                failure.append(task.exception())
+            wake.set()
+
+        async def process(job: ImageJob, client: HttpClient) -> None:
+            nonlocal fetching
             try:
-                with self._decode_slots:
-                    prepared = prepare_image(
-                        result.body, max_side=settings.max_side, max_pixels=settings.max_pixels
-                    )
-            except ImageRejected as rejected:
-                row = self._failure_row(job, rejected.outcome, str(rejected), result)
-                row["mimetype"] = rejected.mimetype
-                self._remove(job)
-                return row
+                if job.deadline is None:
+                    job.deadline = loop.time() + settings.total_deadline
+                job.attempts += 1
+                old = job.previous if job.conditional else None
+                result = await client.attempt(
+                    job.ref.url,
+                    etag=(old or {}).get("etag"),
+                    last_modified=(old or {}).get("last_modified"),
+                    deadline=job.deadline,
+                    meter=meter,
+                    last_for_host=queue.waiting_for(job.host) == 0,
+                )
             finally:
-                result.body = None
-            with atomic_write(job.path, "wb") as handle:
-                handle.write(prepared.data)
-            row = self._base_row(job, result.attempts)
-            row.update(
-                outcome="ok",
-                http_status=result.http_status,
-                path=job.relpath,
-                mimetype=prepared.mimetype,
-                bytes=len(prepared.data),
-                width=prepared.width,
-                height=prepared.height,
-                original_width=prepared.original_width,
-                original_height=prepared.original_height,
-                sha256=_sha256(prepared.data),
-                etag=result.etag,
-                last_modified=result.last_modified,
+                fetching -= 1
+                queue.release(job.host)
+                wake.set()
+            result.attempts = job.attempts
+            if result.answered:
+                breaker.record_answer(job.host)
+            elif result.host_failure:
+                breaker.record_failure(job.host, result.host_failure, result.outcome, result.error)
+            time_left = job.deadline - loop.time()
+            wait = retry_delay(
+                settings, result, job.attempts, time_left, breaker.answered(job.host)
             )
-            return row
-        if had_ok and result.http_status in (404, 410):
-            self._remove(job)
-            return self._failure_row(job, "gone", result.error, result)
-        if job.have_copy and (
-            result.outcome in ("timeout", "connection_error", "rate_limited")
-            or (result.outcome == "http_error" and (result.http_status or 0) >= 500)
-        ):
-            row = dict(old)  # a passing failure must not cost us a good copy
-            row["error"] = f"refresh failed: {result.outcome}: {result.error}"
-            return row
-        self._remove(job)
-        return self._failure_row(job, result.outcome, result.error, result)
+            if wait is not None:
+                queue.requeue(job, loop.time() + wait)
+                return
+            if result.outcome is None:
+                size = len(result.body or b"")
+                with self._lock:
+                    self._bytes += size
+                try:
+                    row = await loop.run_in_executor(
+                        pool, store_body, job, result, settings, self.shard
+                    )
+                finally:
+                    meter.release(size)
+                    wake.set()
+            else:
+                row = store_outcome(job, result, self.shard)
+            self._finish(job.position, row)
 
-    def _base_row(self, job: _Job, attempts: int) -> dict:
-        ref = job.ref
-        return {
-            "shard": self.shard,
-            "doc": ref.doc,
-            "index": ref.index,
-            "image_name": ref.image_name,
-            "url": ref.url,
-            "outcome": None,
-            "http_status": None,
-            "error": None,
-            "path": None,
-            "mimetype": None,
-            "bytes": None,
-            "width": None,
-            "height": None,
-            "sha256": None,
-            "etag": None,
-            "last_modified": None,
-            "fetched_at": _now(),
-            "attempts": attempts,
-            "host": host_of(ref.url),
-            "original_width": None,
-            "original_height": None,
-        }
-
-    def _failure_row(self, job, outcome, error, result: FetchResult | None = None) -> dict:
-        row = self._base_row(job, result.attempts if result else 0)
-        row.update(outcome=outcome, error=error)
-        if result is not None:
-            row.update(http_status=result.http_status)
-        return row
-
-    def _remove(self, job: _Job) -> None:
-        """No file may stand for an image whose row is not ok."""
-        try:
-            job.path.unlink()
-        except FileNotFoundError:
-            pass
+        next_report = loop.time() + self.progress_interval
+        async with HttpClient(settings, self.tls) as client:
+            try:
+                while (queue.total_waiting or tasks) and not failure:
+                    wake.clear()
+                    queue.promote(loop.time())
+                    while (
+                        fetching < settings.max_concurrency
+                        and meter.held < settings.max_bytes_in_flight
+                    ):
+                        job = queue.take()
+                        if job is None:
+                            break
+                        skipped = breaker.open_reason(job.host)
+                        if skipped is not None:
+                            queue.release(job.host)
+                            outcome, reason = skipped
+                            result = FetchResult(outcome, error=reason, attempts=job.attempts)
+                            self._finish(job.position, store_outcome(job, result, self.shard))
+                            continue
+                        fetching += 1
+                        task = asyncio.create_task(process(job, client))
+                        tasks.add(task)
+                        task.add_done_callback(done)
+                    now = loop.time()
+                    if now >= next_report:
+                        next_report = now + self.progress_interval
+                        self._report()
+                    wake_at = next_report
+                    retry_at = queue.next_retry_at()
+                    if retry_at is not None:
+                        wake_at = min(wake_at, retry_at)
+                    try:
+                        async with asyncio.timeout_at(wake_at):
+                            await wake.wait()
+                    except TimeoutError:
+                        pass
+            finally:
+                for task in list(tasks):
+                    task.cancel()
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        if failure:
+            raise failure[0]
 
     # -- accounting -------------------------------------------------------------------------
 
-    def _finish(self, rows: list, position: int, row: dict) -> None:
+    def _finish(self, position: int, row: dict) -> None:
         # A tuple, not the dict: 25k long-lived dicts scattered among body buffers fragment the
         # heap; tuples are a third the size and live in Python's own small-object arenas.
-        rows[position] = tuple(row.get(name) for name in ALL_COLUMNS)
+        self.rows[position] = tuple(row.get(name) for name in ALL_COLUMNS)
         with self._lock:
             self._done += 1
             self._outcomes[row["outcome"]] += 1
@@ -462,73 +336,23 @@ class _ShardRun:
         self.progress(info)
 
 
-class _HostScheduler:
-    """Hands out jobs round-robin over hosts, never more than ``per_host`` at once per host."""
+def _run_coroutine(make: Callable) -> None:
+    """Run ``make()`` on a fresh event loop: here, or in a thread if this one already has one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(make())
+        return
+    errors: list[BaseException] = []
 
-    def __init__(self, per_host: int) -> None:
-        self._per_host = max(1, per_host)
-        self._cond = threading.Condition()
-        self._pending: dict[str, deque] = {}
-        self._active: Counter[str] = Counter()
-        self._ready: deque[str] = deque()
-        self._queued: set[str] = set()
-        self._remaining = 0
-        self._waiting_jobs = 0
-        self._aborted = False
-        self._finished = threading.Event()
+    def target() -> None:
+        try:
+            asyncio.run(make())
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+            errors.append(error)
 
-    def add(self, host: str, job) -> None:
-        with self._cond:
-            self._pending.setdefault(host, deque()).append(job)
-            self._remaining += 1
-            self._waiting_jobs += 1
-            if host not in self._queued:
-                self._queued.add(host)
-                self._ready.append(host)
-
-    def take(self):
-        with self._cond:
-            while True:
-                if self._aborted:
-                    return None
-                if self._ready:
-                    host = self._ready.popleft()
-                    job = self._pending[host].popleft()
-                    self._waiting_jobs -= 1
-                    self._active[host] += 1
-                    if self._pending[host] and self._active[host] < self._per_host:
-                        self._ready.append(host)
-                        self._cond.notify()
-                    else:
-                        self._queued.discard(host)
-                    return host, job
-                if not self._waiting_jobs:
-                    return None
-                self._cond.wait()
-
-    def release(self, host: str) -> None:
-        with self._cond:
-            self._active[host] -= 1
-            if self._pending.get(host) and host not in self._queued:
-                self._queued.add(host)
-                self._ready.append(host)
-                self._cond.notify()
-
-    def complete(self) -> None:
-        with self._cond:
-            self._remaining -= 1
-            if self._remaining <= 0:
-                self._finished.set()
-                self._cond.notify_all()
-
-    def abort(self) -> None:
-        with self._cond:
-            self._aborted = True
-            self._finished.set()
-            self._cond.notify_all()
-
-    def wait_done(self, timeout: float) -> bool:
-        return self._finished.wait(timeout)
-
-
-__all__ = ["DownloadSettings", "ProgressInfo", "download_shard"]
+    thread = threading.Thread(target=target, name="mmc4-download-loop")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
