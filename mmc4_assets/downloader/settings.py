@@ -38,9 +38,9 @@ class DownloadSettings:
     max_side: int = 800
     # Images decoded at once (0: one per CPU): more buys no speed, only memory.
     decode_workers: int = 0
-    # Body bytes held at once (being received or waiting for a decoder): past it, no new request
-    # starts until decoders catch up.
-    max_bytes_in_flight: int = 64_000_000
+    # Body bytes held at once: received or waiting for a decoder, plus a mean body for each
+    # request in flight. Past it, no new request starts until bodies arrive and are decoded.
+    max_bytes_in_flight: int = 96_000_000
     # Failed connections (refused, reset, timed out, no answer) to a host that has not answered
     # once this run, after which its remaining images end at once as retryable failures.
     breaker_failures: int = 3

@@ -74,16 +74,29 @@ class FetchResult:
 
 
 class ByteMeter:
-    """Body bytes held right now (received, or waiting for a decoder)."""
+    """Body bytes held right now (received, or waiting for a decoder), and the mean body size.
 
-    def __init__(self) -> None:
+    The mean lets the scheduler count bytes that requests in flight are about to bring.
+    """
+
+    def __init__(self, first_guess: int = 256 * 1024) -> None:
         self.held = 0
+        self._bodies = 1
+        self._body_bytes = first_guess
 
     def add(self, count: int) -> None:
         self.held += count
 
     def release(self, count: int) -> None:
         self.held -= count
+
+    def observe(self, body_size: int) -> None:
+        self._bodies += 1
+        self._body_bytes += body_size
+
+    @property
+    def mean_body(self) -> float:
+        return self._body_bytes / self._bodies
 
 
 class HttpClient:
@@ -278,6 +291,8 @@ class HttpClient:
                     state.metered += len(data)
                 chunks.append(data)
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if meter is not None:
+                meter.observe(len(body))
             state.metered = 0  # the caller owns the body's bytes now
             result = FetchResult(None, status, body=body, etag=etag, last_modified=last_modified)
             return result, None

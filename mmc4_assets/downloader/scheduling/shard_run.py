@@ -2,8 +2,9 @@
 
 One event loop runs every request (hundreds in flight cost a coroutine and a socket each, so
 latency is hidden by numbers, not threads); a small thread pool decodes and writes, at most one
-image per CPU, since Pillow releases the GIL. Memory is bounded by body bytes: no new request
-starts while ``max_bytes_in_flight`` bytes are being received or wait for a decoder. A host
+image per CPU, since Pillow releases the GIL. Memory is bounded by body bytes: a new request
+starts only while the bytes being received or waiting for a decoder, plus a mean body for each
+request in flight, stay within ``max_bytes_in_flight`` (one request may always run). A host
 queue keeps every host within ``per_host`` requests, busiest hosts first; a retry waits in a
 timed queue rather than in a slot; a per-host breaker ends the images of hosts that refuse or
 never answer. Every image ends with exactly one status row, and no run outlives its images'
@@ -271,9 +272,10 @@ class _ShardRun:
                 while (queue.total_waiting or tasks) and not failure:
                     wake.clear()
                     queue.promote(loop.time())
-                    while (
-                        fetching < settings.max_concurrency
-                        and meter.held < settings.max_bytes_in_flight
+                    while fetching < settings.max_concurrency and (
+                        fetching == 0
+                        or meter.held + (fetching + 1) * meter.mean_body
+                        <= settings.max_bytes_in_flight
                     ):
                         job = queue.take()
                         if job is None:
