@@ -3,8 +3,8 @@
 Order matters for cost and safety: sniff the bytes (HTML error pages are common), read only the
 header to learn the pixel count (a bomb is refused before any decoding), then decode once:
 images already within ``max_side`` are decoded only to prove they are whole and keep their
-original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft),
-resized like ``mogrify -resize "800x800>"`` and saved in their own format (JPEG quality 90 with
+original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft, fast IDCT),
+resized like ``mogrify -resize "800x800>"`` (bilinear) and saved in their own format (JPEG quality 90 with
 its EXIF and ICC profile, PNG, GIF, WebP; other formats become PNG under the given name). An
 animation over the limit keeps only its first frame.
 """
@@ -102,10 +102,15 @@ def _prepare_opened(image, data, mimetype, max_side, max_pixels) -> PreparedImag
     fmt = image.format or ""
     if fmt == "JPEG":
         image.draft(image.mode, new_size)
+        # libjpeg's fast integer IDCT and plain chroma upsampling: a fifth less decoding time,
+        # and no visible difference once the image is shrunk.
+        image.decoderconfig = (image.decoderconfig[0], 1)
     _decode(image, mimetype, 0 if fmt == "JPEG" else width * height)
     out_format = fmt if fmt in _SAVE_AS_SELF else "PNG"
     info = image.info
-    resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    # Bilinear is Pillow's antialiased triangle filter when shrinking: a third cheaper than
+    # bicubic, and after the JPEG draft the remaining factor is below two.
+    resized = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     encoded = _encode(resized, out_format, info)
     return PreparedImage(
         encoded, _MIME_OF[out_format], new_size[0], new_size[1], width, height, True

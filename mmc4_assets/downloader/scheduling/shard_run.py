@@ -14,6 +14,7 @@ deadlines.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -338,18 +339,38 @@ class _ShardRun:
         self.progress(info)
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (it halves the loop's own CPU per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _run_on_new_loop(make: Callable) -> None:
+    # The objects alive before the run (a Dagster process holds millions) are moved out of the
+    # collector's sight for its duration: full collections over them cost a tenth of the CPU.
+    gc.freeze()
+    try:
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            runner.run(make())
+    finally:
+        gc.unfreeze()
+
+
 def _run_coroutine(make: Callable) -> None:
     """Run ``make()`` on a fresh event loop: here, or in a thread if this one already has one."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(make())
+        _run_on_new_loop(make)
         return
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            asyncio.run(make())
+            _run_on_new_loop(make)
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller
             errors.append(error)
 
