@@ -3,10 +3,10 @@
 Order matters for cost and safety: sniff the bytes (HTML error pages are common), read only the
 header to learn the pixel count (a bomb is refused before any decoding), then decode once:
 images already within ``max_side`` are decoded only to prove they are whole and keep their
-original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft, fast IDCT),
-resized like ``mogrify -resize "800x800>"`` (bilinear) and saved in their own format (JPEG quality 90 with
-its EXIF and ICC profile, PNG, GIF, WebP; other formats become PNG under the given name). An
-animation over the limit keeps only its first frame.
+original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft
+with the fast IDCT), resized like ``mogrify -resize "800x800>"`` (bilinear) and saved in their
+own format (JPEG quality 90 with its EXIF and ICC profile, PNG, GIF, WebP; other formats become
+PNG under the given name). An animation over the limit keeps only its first frame.
 """
 
 from __future__ import annotations
