@@ -147,7 +147,7 @@ def _encode(image: Image.Image, out_format: str, info: dict) -> bytes:
     elif out_format == "PNG":
         if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
             image = image.convert("RGBA" if "A" in image.mode else "RGB")
-        options["compress_level"] = 6
+        options["compress_level"] = 1  # level 6 costs ten times the CPU for a fifth less
     elif out_format == "WEBP":
         if image.mode not in ("RGB", "RGBA"):
             image = image.convert("RGBA" if "A" in image.mode else "RGB")

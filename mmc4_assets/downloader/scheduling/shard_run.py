@@ -212,6 +212,8 @@ class _ShardRun:
         wake = asyncio.Event()
         tasks: set[asyncio.Task] = set()
         fetching = 0
+        decoding = 0  # bodies handed to the decoders and not done yet
+        backlog = 2 * self._decoders  # enough to keep every decoder busy, no more
         failure: list[BaseException] = []
 
         def done(task: asyncio.Task) -> None:
@@ -222,7 +224,7 @@ class _ShardRun:
             wake.set()
 
         async def process(job: ImageJob, client: HttpClient) -> None:
-            nonlocal fetching
+            nonlocal fetching, decoding
             try:
                 if job.deadline is None:
                     job.deadline = loop.time() + settings.total_deadline
@@ -256,11 +258,13 @@ class _ShardRun:
                 size = len(result.body or b"")
                 with self._lock:
                     self._bytes += size
+                decoding += 1
                 try:
                     row = await loop.run_in_executor(
                         pool, store_body, job, result, settings, self.shard
                     )
                 finally:
+                    decoding -= 1
                     meter.release(size)
                     wake.set()
             else:
@@ -273,10 +277,17 @@ class _ShardRun:
                 while (queue.total_waiting or tasks) and not failure:
                     wake.clear()
                     queue.promote(loop.time())
-                    while fetching < settings.max_concurrency and (
-                        fetching == 0
-                        or meter.held + (fetching + 1) * meter.mean_body
-                        <= settings.max_bytes_in_flight
+                    # New requests start while the decoders have little waiting for them (when the
+                    # CPU is the limit, more requests only make handshakes time out) and the
+                    # bytes bound allows.
+                    while (
+                        fetching < settings.max_concurrency
+                        and decoding < backlog
+                        and (
+                            fetching == 0
+                            or meter.held + (fetching + 1) * meter.mean_body
+                            <= settings.max_bytes_in_flight
+                        )
                     ):
                         job = queue.take()
                         if job is None:
