@@ -80,6 +80,9 @@ def prepare_image(
         except Exception as error:  # noqa: BLE001 - Pillow raises many types on bad input
             outcome = "corrupt" if looks_like_image else "not_image"
             raise ImageRejected(outcome, f"cannot open {mimetype}: {error}", mimetype) from None
+        # One decoder call for the whole body instead of one per 64 KB: each call gives the GIL
+        # back and must win it again, and the event loop thread holds it most of the time.
+        image.decodermaxblock = max(image.decodermaxblock, len(data))
         with image:
             return _prepare_opened(image, data, mimetype, max_side, max_pixels)
 

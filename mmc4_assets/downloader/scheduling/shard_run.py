@@ -213,7 +213,7 @@ class _ShardRun:
         tasks: set[asyncio.Task] = set()
         fetching = 0
         decoding = 0  # bodies handed to the decoders and not done yet
-        backlog = 2 * self._decoders  # enough to keep every decoder busy, no more
+        backlog = 8 * self._decoders  # enough to keep every decoder busy, no more
         failure: list[BaseException] = []
 
         def done(task: asyncio.Task) -> None:
