@@ -19,7 +19,6 @@ See benchmarks/README.md for what is measured and the options chosen for each to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -182,12 +181,9 @@ def run_ours(entries: list[dict], work: Path, ca_file: Path | None = None) -> di
 
 
 def _engine():
-    """The project's download engine: its one import here (it is moving to its own package)."""
-    try:
-        from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
-    except ImportError:
-        from mmc4_assets.corpus.download import DownloadSettings, download_shard
-        from mmc4_assets.corpus.image_refs import ImageRef
+    """The project's download engine: its one import here."""
+    from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
+
     return DownloadSettings, ImageRef, download_shard
 
 
@@ -195,13 +191,7 @@ def _settings_trusting(settings_class, ca_file: str | None) -> dict:
     """Keyword arguments that make the engine trust ``ca_file`` besides its defaults."""
     if not ca_file:
         return {}
-    if "ca_bundle" in {f.name for f in dataclasses.fields(settings_class)}:
-        return {"ca_bundle": ca_file}
-    # An engine from before the ca_bundle setting pins certifi's bundle: point it at ours.
-    from mmc4_assets.corpus import http_fetch
-
-    http_fetch._ca_bundle = lambda: ca_file
-    return {}
+    return {"ca_bundle": ca_file}
 
 
 def worker_ours(refs_path: str, data_dir: str, ca_file: str | None = None) -> None:

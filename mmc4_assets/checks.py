@@ -5,9 +5,9 @@ from collections.abc import Callable
 import dagster as dg
 
 from mmc4_assets.corpus.assignment import check_assignments
-from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.shards import parse_shard
 from mmc4_assets.corpus.status import check_status, read_status
+from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.resources import CorpusStorage
 from mmc4_assets.training.verify import count_training_shards
 
