@@ -236,10 +236,18 @@ def wait_for_server(stack: Stack, timeout: float = SERVER_TIMEOUT) -> None:
                 # The server answers before the code location has loaded: wait for that too.
                 data = stack.graphql(
                     "{ workspaceOrError { __typename ... on Workspace { locationEntries {"
-                    " name loadStatus } } } }"
+                    " name loadStatus locationOrLoadError { __typename"
+                    " ... on PythonError { message stack } } } } } }"
                 )
                 entries = data["workspaceOrError"].get("locationEntries") or []
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    # Loaded can also mean "failed to load": say why, instead of an empty catalog.
+                    errors = [
+                        e["locationOrLoadError"]
+                        for e in entries
+                        if e["locationOrLoadError"]["__typename"] == "PythonError"
+                    ]
+                    assert not errors, f"code location failed: {errors}\n{stack.diagnostics()}"
                     return
                 last_error = f"locations: {entries}"
             else:
