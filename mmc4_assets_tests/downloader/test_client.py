@@ -10,7 +10,7 @@ from email.utils import formatdate
 import pytest
 
 from mmc4_assets.downloader import DownloadSettings
-from mmc4_assets.downloader.fetching.client import FetchResult, HttpClient
+from mmc4_assets.downloader.fetching.client import ByteMeter, FetchResult, HttpClient
 from mmc4_assets.downloader.fetching.urls import check_url, opted_out, parse_retry_after
 from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, refusing_url, send
 
@@ -328,3 +328,29 @@ def test_refused_connection_is_retried_and_counts_against_the_host():
         3,
         "refused",
     )
+
+
+def test_bytes_of_bodies_not_kept_are_released(server):
+    def endless(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for _ in range(100):
+            h.wfile.write(b"\x00" * 10_000)
+        h.close_connection = True
+
+    s = server({"/nolen": endless, "/ok.jpg": lambda h: send(h, 200, JPEG)})
+
+    async def run() -> tuple[list[FetchResult], int, int]:
+        meter = ByteMeter()
+        async with HttpClient(DownloadSettings(**{**FAST, "max_bytes": 50_000})) as client:
+            deadline = asyncio.get_running_loop().time() + 3
+            over = await client.attempt(s.url("/nolen"), deadline=deadline, meter=meter)
+            after_over = meter.held
+            kept = await client.attempt(s.url("/ok.jpg"), deadline=deadline, meter=meter)
+            return [over, kept], after_over, meter.held
+
+    (over, kept), after_over, held = asyncio.run(run())
+    assert over.outcome == "too_large" and after_over == 0
+    assert kept.outcome is None and held == len(JPEG)  # a kept body stays counted until decoded

@@ -196,7 +196,7 @@ class HttpClient:
         state = _AttemptState()
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._follow(url, headers, state, meter)
+                result = await self._follow(url, headers, state, meter)
         except TimeoutError as error:
             # The deadline wins over whatever was going on; other timeouts are aiohttp's.
             result = _classify(
@@ -209,8 +209,8 @@ class HttpClient:
         except Exception as error:  # noqa: BLE001 - every failure becomes a status row
             result = _classify(error, state, deadline_hit=False)
         if meter is not None and state.metered:
-            meter.release(state.metered)
-        result.final_url = state.url
+            meter.release(state.metered)  # bytes of a body we did not keep (cut, over the cap)
+        result.final_url = result.final_url or state.url
         result.answered = state.answered
         return result
 
