@@ -1,9 +1,9 @@
-"""Which image to start next: a per-host limit, the busiest hosts first, retries at the back.
+"""Which image to start next: a per-host limit, the busiest hosts first, due retries before all.
 
 Busiest first because a host's images can go no faster than ``per_host`` at a time: a host with
 a thousand images is the run's critical path and must be kept at its limit from the start,
 while hosts with one image fill the remaining slots. A retry waits in a timed queue, not in a
-slot, and rejoins its host's queue at the back once its wait is over.
+slot; once its wait is over it goes first, since its deadline has run since its first try.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import itertools
 from collections import Counter, deque
 
 from ..storing.store import ImageJob
+
+_URGENT = -(2**62)  # ranks before any host's backlog
 
 
 class HostQueue:
@@ -33,7 +35,7 @@ class HostQueue:
         self._pending.setdefault(job.host, deque()).append(job)
         self._waiting[job.host] += 1
         self.total_waiting += 1
-        self._mark_ready(job.host)
+        self._mark_ready(job.host, again=True)  # its rank grew: older entries go stale
 
     def requeue(self, job: ImageJob, not_before: float) -> None:
         """Try ``job`` again once the loop clock reaches ``not_before``."""
@@ -43,11 +45,14 @@ class HostQueue:
         self.total_waiting += 1
 
     def promote(self, now: float) -> None:
-        """Move retries whose wait is over to the back of their host's queue."""
+        """Put retries whose wait is over at the head of their host's queue, hosts first in line.
+
+        Their deadline runs since their first try: behind a busy host's backlog it would pass.
+        """
         while self._delayed and self._delayed[0][0] <= now:
             job = heapq.heappop(self._delayed)[2]
-            self._pending.setdefault(job.host, deque()).append(job)
-            self._mark_ready(job.host)
+            self._pending.setdefault(job.host, deque()).appendleft(job)
+            self._mark_ready(job.host, urgent=True, again=True)
 
     def next_retry_at(self) -> float | None:
         return self._delayed[0][0] if self._delayed else None
@@ -77,8 +82,12 @@ class HostQueue:
         """Images of ``host`` not started yet (retries included)."""
         return self._waiting[host]
 
-    def _mark_ready(self, host: str) -> None:
+    def _mark_ready(self, host: str, urgent: bool = False, again: bool = False) -> None:
+        """Enter ``host`` in the ready heap (``again``: even if it has an entry, now stale)."""
         queue = self._pending.get(host)
-        if queue and host not in self._in_ready and self._active[host] < self._per_host:
-            self._in_ready.add(host)
-            heapq.heappush(self._ready, (-len(queue), next(self._order), host))
+        if queue and self._active[host] < self._per_host:
+            if host in self._in_ready and not again:
+                return
+            self._in_ready.add(host)  # a stale entry left beside it only serves the host early
+            rank = _URGENT if urgent else -len(queue)
+            heapq.heappush(self._ready, (rank, next(self._order), host))

@@ -252,6 +252,7 @@ class _ShardRun:
                 settings, result, job.attempts, time_left, breaker.answered(job.host)
             )
             if wait is not None:
+                job.last_result = result
                 queue.requeue(job, loop.time() + wait)
                 return
             if result.outcome is None:
@@ -298,6 +299,14 @@ class _ShardRun:
                             outcome, reason = skipped
                             result = FetchResult(outcome, error=reason, attempts=job.attempts)
                             self._finish(job.position, store_outcome(job, result, self.shard))
+                            continue
+                        if job.last_result is not None and loop.time() >= job.deadline:
+                            # Its deadline passed while it waited for a slot: the last try's
+                            # outcome stands (a refusal stays a refusal, not a timeout).
+                            queue.release(job.host)
+                            self._finish(
+                                job.position, store_outcome(job, job.last_result, self.shard)
+                            )
                             continue
                         fetching += 1
                         task = asyncio.create_task(process(job, client))

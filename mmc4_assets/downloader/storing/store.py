@@ -39,6 +39,7 @@ class ImageJob:
     attempts: int = 0
     deadline: float | None = None  # loop clock, set at the first attempt
     not_before: float = 0.0  # loop clock: a requeued retry waits until then
+    last_result: FetchResult | None = None  # the failed try a requeued retry follows
 
 
 def now() -> datetime:
