@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export DAGSTER_HOME
 
-.PHONY: env libmagic test demo ui lint bench clean
+.PHONY: env libmagic postgresql test demo ui lint bench clean
 
 env: $(VENV)/.installed
 
@@ -18,6 +18,15 @@ libmagic:
 	       apt-get update -qq && apt-get install -y -qq libmagic1 >/dev/null; \
 	     else echo "libmagic is missing: install it (Debian/Ubuntu: sudo apt-get install libmagic1; macOS: brew install libmagic)"; exit 1; fi; }
 
+# The tests start a real PostgreSQL server (initdb/pg_ctl of Debian's `postgresql` package) for the
+# Postgres-backed instance; install it where we can, else say how.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+	|| { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	       echo "installing postgresql (the tests start a real PostgreSQL server)"; \
+	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	     else echo "PostgreSQL is missing: install it (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew install postgresql)"; exit 1; fi; }
+
 $(VENV)/.installed: pyproject.toml | libmagic
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -25,7 +34,7 @@ $(VENV)/.installed: pyproject.toml | libmagic
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-test: env
+test: env postgresql
 	$(BIN)/python -m pytest -q
 
 demo: env

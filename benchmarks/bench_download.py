@@ -1,10 +1,17 @@
 """Image download throughput, memory and output validity: ours vs img2dataset vs the reference.
 
-Why one script: the three downloaders must see the SAME URL list from the SAME loopback web
-(several hosts, realistic latency, ~10% faults) in one run, or the ratios mean nothing. Each tool
-runs as a child process so its wall time and memory are its own; the web runs in this process.
+Why one script: the downloaders must see the SAME URL list from the SAME loopback web in one
+run, or the ratios mean nothing. Each tool runs as a child process so its wall time, CPU and
+memory are its own. Two webs:
+
+- ``--web loopback`` (default): LoopbackWeb in this process, 8 hosts, 30 ms, ~10% faults;
+  ours vs img2dataset vs the reference scripts.
+- ``--web real``: RealWeb in its own server process, shaped like a real shard's web (1,900
+  hosts, HTTPS, heavy-tailed latency, dead and silent hosts); ours vs img2dataset, then ours
+  again on the same URLs with no latency and no faults (our CPU-bound rate).
 
     .venv/bin/python benchmarks/bench_download.py --images 25000
+    .venv/bin/python benchmarks/bench_download.py --web real
 
 See benchmarks/README.md for what is measured and the options chosen for each tool.
 """
@@ -97,6 +104,7 @@ class TreeMemory:
 
 def run_measured(cmd: list[str], *, cwd: Path, log: Path, env: dict | None = None) -> dict:
     """Run ``cmd`` to completion; return wall time, exit code and memory peaks."""
+    env = {**(env or os.environ), "no_proxy": "*", "NO_PROXY": "*"}  # loopback only, ever
     with open(log, "wb") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -151,7 +159,7 @@ def audit_files(folder: Path) -> dict:
 # --------------------------------------------------------------------------- the three tools
 
 
-def run_ours(entries: list[dict], work: Path) -> dict:
+def run_ours(entries: list[dict], work: Path, ca_file: Path | None = None) -> dict:
     refs = work / "refs.jsonl"
     with open(refs, "w") as handle:
         for i, entry in enumerate(entries):
@@ -159,7 +167,11 @@ def run_ours(entries: list[dict], work: Path) -> dict:
             handle.write(json.dumps({**row, "url": entry["url"]}) + "\n")
     data = work / "data"
     cmd = [str(OURS_PYTHON), __file__, "--worker-ours", str(refs), str(data)]
-    result = run_measured(cmd, cwd=ROOT, log=work / "ours.log")
+    env = dict(os.environ)
+    if ca_file is not None:
+        cmd.append(str(ca_file))
+        env.update(MMC4_CA_BUNDLE=str(ca_file), SSL_CERT_FILE=str(ca_file))
+    result = run_measured(cmd, cwd=ROOT, log=work / "ours.log", env=env)
     result.update(audit_files(data / "images"))
     summary = work / "summary.json"
     if summary.exists():
@@ -168,17 +180,30 @@ def run_ours(entries: list[dict], work: Path) -> dict:
     return result
 
 
-def worker_ours(refs_path: str, data_dir: str) -> None:
+def _engine():
+    """The project's download engine: its one import here."""
+    from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
+
+    return DownloadSettings, ImageRef, download_shard
+
+
+def _settings_trusting(settings_class, ca_file: str | None) -> dict:
+    """Keyword arguments that make the engine trust ``ca_file`` besides its defaults."""
+    if not ca_file:
+        return {}
+    return {"ca_bundle": ca_file}
+
+
+def worker_ours(refs_path: str, data_dir: str, ca_file: str | None = None) -> None:
     """Child-process side of run_ours: the project's downloader with default settings."""
     import pandas as pd
 
-    from mmc4_assets.corpus.download import DownloadSettings, download_shard
-    from mmc4_assets.corpus.image_refs import ImageRef
-
+    DownloadSettings, ImageRef, download_shard = _engine()
     with open(refs_path) as handle:
         rows = [json.loads(line) for line in handle]
     refs = [ImageRef(r["doc"], r["index"], r["image_name"], r["url"]) for r in rows]
-    settings = DownloadSettings(allow_private_networks=True)
+    trust = _settings_trusting(DownloadSettings, ca_file)
+    settings = DownloadSettings(allow_private_networks=True, **trust)
 
     def progress(info) -> None:
         print(f"ours: {info.done}/{info.total} {info.images_per_second:.0f} img/s", flush=True)
@@ -200,7 +225,13 @@ def worker_ours(refs_path: str, data_dir: str) -> None:
     Path(data_dir).parent.joinpath("summary.json").write_text(json.dumps(summary))
 
 
-def run_img2dataset(entries: list[dict], work: Path, threads: int) -> dict:
+def run_img2dataset(
+    entries: list[dict],
+    work: Path,
+    threads: int,
+    processes: int = 2,
+    ca_file: Path | None = None,
+) -> dict:
     urls = work / "urls.txt"
     urls.write_text("".join(e["url"] + "\n" for e in entries))
     out = work / "out"
@@ -210,7 +241,7 @@ def run_img2dataset(entries: list[dict], work: Path, threads: int) -> dict:
         "--input_format=txt",
         f"--output_folder={out}",
         "--output_format=files",
-        "--processes_count=2",
+        f"--processes_count={processes}",
         f"--thread_count={threads}",
         "--number_sample_per_shard=1000",  # 10000 would leave one of two processes idle
         f"--image_size={MAX_SIDE}",
@@ -219,6 +250,8 @@ def run_img2dataset(entries: list[dict], work: Path, threads: int) -> dict:
         "--enable_wandb=False",
     ]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    if ca_file is not None:  # urllib's default context reads it
+        env["SSL_CERT_FILE"] = str(ca_file)
     result = run_measured(cmd, cwd=work, log=work / "img2dataset.log", env=env)
     result.update(audit_files(out))
     stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
@@ -285,50 +318,40 @@ def report(results: dict[str, tuple[int, dict]]) -> None:
             print(f"{name} invalid files: {r['invalid_kinds']}")
 
 
-def expectation_check(entries: list[dict], r: dict) -> None:
-    """How often our recorded outcome matches what the loopback web says it should be."""
+def expectation_check(entries: list[dict], r: dict, name: str = "ours") -> int:
+    """How often our recorded outcome matches what the web says it should be; prints them."""
     got = r.pop("outcome_by_url", {})
     misses = Counter(
         (e["expect"], got.get(e["url"], "missing"))
         for e in entries
         if got.get(e["url"]) != e["expect"]
     )
-    print(f"ours outcomes: {r.get('outcomes')}")
-    print(f"ours outcome != expected: {sum(misses.values())} {dict(misses) if misses else ''}")
+    print(f"{name} outcomes: {r.get('outcomes')}")
+    print(f"{name} outcome != expected: {sum(misses.values())} {dict(misses) if misses else ''}")
+    r["outcome_mismatches"] = sum(misses.values())
+    r["mismatch_kinds"] = {f"{want}->{got}": n for (want, got), n in misses.items()}
+    return sum(misses.values())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=25_000)
-    parser.add_argument("--reference-images", type=int, default=1000)
-    parser.add_argument("--hosts", type=int, default=8)
-    parser.add_argument("--latency-ms", type=float, default=30.0)
-    parser.add_argument("--img2dataset-threads", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-ours", action="store_true")
-    parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("--skip-img2dataset", action="store_true")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument(
-        "--worker-ours", nargs=2, metavar=("REFS", "DATA_DIR"), help=argparse.SUPPRESS
-    )
-    args = parser.parse_args()
-    if args.worker_ours:
-        worker_ours(*args.worker_ours)
-        return
+def _ensure_img2dataset() -> None:
+    if not IMG2DATASET_BIN.exists():
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_img2dataset.sh")], check=True)
 
+
+def bench_loopback_web(args, work: Path) -> dict[str, tuple[int, dict]]:
+    """Ours, img2dataset and the reference on LoopbackWeb (few fast hosts, plain HTTP)."""
     from mmc4_assets.devtools.loopback_web import LoopbackWeb, build_benchmark_urls, warm_cache
 
-    BENCH.mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-download-", dir=BENCH))
-    web = LoopbackWeb(args.hosts, args.latency_ms, stall_seconds=45, cache_dir=BENCH / "webcache")
+    hosts, images = args.hosts or 8, args.images or 25_000
+    threads = args.img2dataset_threads or 64
+    web = LoopbackWeb(hosts, args.latency_ms, stall_seconds=45, cache_dir=BENCH / "webcache")
     results: dict[str, tuple[int, dict]] = {}
     with web:
-        entries = build_benchmark_urls(web, args.images, seed=args.seed)
+        entries = build_benchmark_urls(web, images, seed=args.seed)
         started = time.perf_counter()
         rendered = warm_cache(web.cache_dir, [e["url"] for e in entries])
         print(
-            f"{len(entries)} URLs on {args.hosts} hosts, {args.latency_ms:.0f} ms latency; "
+            f"{len(entries)} URLs on {hosts} hosts, {args.latency_ms:.0f} ms latency; "
             f"rendered {rendered} new images in {time.perf_counter() - started:.0f} s; "
             f"expected: {dict(Counter(e['expect'] for e in entries))}",
             flush=True,
@@ -339,7 +362,7 @@ def main() -> None:
             (
                 "img2dataset",
                 args.skip_img2dataset,
-                lambda d: run_img2dataset(entries, d, args.img2dataset_threads),
+                lambda d: run_img2dataset(entries, d, threads),
                 len(entries),
             ),
             (
@@ -352,10 +375,8 @@ def main() -> None:
         for name, skip, run, attempted in tools:
             if skip:
                 continue
-            if name == "img2dataset" and not IMG2DATASET_BIN.exists():
-                subprocess.run(
-                    ["bash", str(ROOT / "benchmarks" / "setup_img2dataset.sh")], check=True
-                )
+            if name == "img2dataset":
+                _ensure_img2dataset()
             print(f"running {name} on {attempted} URLs ...", flush=True)
             folder = work / name
             folder.mkdir()
@@ -369,10 +390,138 @@ def main() -> None:
             f"note: the reference ran on the first {results['reference'][0]} URLs only "
             "(it is slow); rates are compared, not totals."
         )
+    return results
+
+
+FAST = "ours, no latency"
+
+
+def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
+    """Ours and img2dataset on RealWeb, then ours on the same URLs without latency or faults."""
+    from mmc4_assets.devtools.real_web import RealWeb, RealWebConfig
+
+    default = RealWebConfig()
+    config = RealWebConfig(
+        images=args.images or default.images,
+        hosts=args.hosts or default.hosts,
+        seed=args.seed,
+        max_runtime_s=6 * 3600,  # the web stops by itself even if this script is killed hard
+    )
+    threads = args.img2dataset_threads or 256
+    cpus = os.cpu_count() or 1
+    web = RealWeb(config, processes=args.web_processes, pool_cache=BENCH / "realweb-pool")
+    results: dict[str, tuple[int, dict]] = {}
+    started = time.perf_counter()
+    with web:
+        entries = web.entries()
+        print(f"real web up in {time.perf_counter() - started:.1f} s: {web.plan.summary()}")
+        print(f"work folder: {work}", flush=True)
+        all_ok = [{**e, "expect": "ok"} for e in entries]
+        contenders = [
+            ("ours", args.skip_ours, True, lambda d: run_ours(entries, d, web.ca_file), entries),
+            (
+                "img2dataset",
+                args.skip_img2dataset,
+                True,
+                lambda d: run_img2dataset(entries, d, threads, cpus, web.ca_file),
+                None,
+            ),
+            (FAST, args.skip_fast, False, lambda d: run_ours(entries, d, web.ca_file), all_ok),
+        ]
+        for name, skip, realistic, run, expected in contenders:
+            if skip:
+                continue
+            if name == "img2dataset":
+                _ensure_img2dataset()
+            web.set_mode(latency=realistic, faults=realistic)
+            web.reset()
+            before = web.stats()
+            print(f"running {name} on {len(entries)} URLs ...", flush=True)
+            folder = work / name.replace(", ", "-").replace(" ", "-")
+            folder.mkdir()
+            result = run(folder)
+            after = web.stats()
+            result["web_cpu_s"] = after["cpu_s"] - before["cpu_s"]
+            result["web_requests"] = after["requests"]
+            if expected is not None:
+                expectation_check(expected, result, name)
+            results[name] = (len(entries), result)
+            print(f"  {name}: {result['wall_s']:.1f} s", flush=True)
+    report_real(results, config)
+    return results
+
+
+def report_real(results: dict[str, tuple[int, dict]], config) -> None:
+    """A markdown table, then the ratios the goals name."""
+    print()
+    print(
+        f"{config.images:,} images on {config.hosts:,} hosts; latency median "
+        f"{config.latency_median_ms:.0f} ms (sigma {config.latency_sigma}), "
+        f"+{config.connect_ms:.0f} ms per new connection, "
+        f"bodies at {config.bytes_per_second / 1e6:.0f} MB/s\n"
+    )
+    print(
+        "| | images/s | ok | outcome != expected | invalid files | peak RSS (tree) "
+        "| CPU s | images per CPU s | web CPU s | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, (attempted, r) in results.items():
+        r["images_per_s"] = attempted / r["wall_s"] if r["wall_s"] else 0.0
+        per_cpu = attempted / r["cpu_s"] if r["cpu_s"] else 0.0
+        mismatches = r.get("outcome_mismatches", "n/a")
+        print(
+            f"| {name} | {r['images_per_s']:.1f} | {r['ok']:,} | {mismatches} | {r['invalid']} "
+            f"| {r['peak_tree_rss_mb']:,.0f} MB | {r['cpu_s']:.0f} | {per_cpu:.1f} "
+            f"| {r['web_cpu_s']:.0f} | {r['wall_s']:.0f} |"
+        )
+    print()
+    rate = {name: r["images_per_s"] for name, (_, r) in results.items()}
+    ok = {name: r["ok"] for name, (_, r) in results.items()}
+    if "ours" in rate and "img2dataset" in rate:
+        print(
+            f"ours / img2dataset: {rate['ours'] / rate['img2dataset']:.2f}x images/s "
+            f"(goal >= 2x), ok {ok['ours']:,} vs {ok['img2dataset']:,} (goal: at least as many)"
+        )
+    if "ours" in rate and FAST in rate:
+        print(f"ours / ours without latency: {rate['ours'] / rate[FAST]:.0%} (goal >= 85%)")
+    if "ours" in results:
+        print(f"ours peak RSS: {results['ours'][1]['peak_tree_rss_mb']:.0f} MB (goal < 500 MB)")
+    for name, (_, r) in results.items():
+        if r.get("invalid_kinds"):
+            print(f"{name} invalid files: {r['invalid_kinds']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--web", choices=["loopback", "real"], default="loopback")
+    parser.add_argument("--images", type=int, help="default 25,000 (loopback) / 10,400 (real)")
+    parser.add_argument("--hosts", type=int, help="default 8 (loopback) / 1,900 (real)")
+    parser.add_argument("--reference-images", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=30.0, help="loopback web only")
+    parser.add_argument("--img2dataset-threads", type=int, help="default 64 / 256 (real)")
+    parser.add_argument("--web-processes", type=int, default=1, help="real web server processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-img2dataset", action="store_true")
+    parser.add_argument("--skip-fast", action="store_true", help="real web: no no-latency run")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--worker-ours", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_ours:
+        worker_ours(*args.worker_ours)
+        return
+
+    BENCH.mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-download-", dir=BENCH))
+    if args.web == "real":
+        results = bench_real_web(args, work)
+    else:
+        results = bench_loopback_web(args, work)
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     record = {"args": vars(args), "results": {k: {"urls": n, **r} for k, (n, r) in results.items()}}
-    target = out / f"bench_download_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    target = out / f"bench_download_{args.web}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     target.write_text(json.dumps(record, indent=1, default=str))
     print(f"results: {target}")
     if not args.keep:

@@ -5,10 +5,11 @@ from collections.abc import Callable
 import dagster as dg
 
 from mmc4_assets.corpus.assignment import check_assignments
-from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.shards import parse_shard
 from mmc4_assets.corpus.status import check_status, read_status
+from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.resources import CorpusStorage
+from mmc4_assets.training.verify import count_training_shards
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -63,5 +64,40 @@ def every_image_has_one_status(
             return [f"no status table at {storage.status_parquet_path(shard)}"]
         refs = list(iter_image_refs(storage.raw_docs_path(shard)))
         return check_status(table, refs, storage.root)
+
+    return _check_shards(context, problems)
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]),
+        limit=1,
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return {}
+    metadata = records[0].asset_materialization.metadata
+    return {key: getattr(value, "value", value) for key, value in metadata.items()}
+
+
+@dg.asset_check(
+    asset="training_shards",
+    description="Every tar the sizes sidecar lists exists and holds that many samples (no other "
+    "tar of the shard exists), every member is a keyed JSON sample embedding an image, and the "
+    "samples and images counted match the materialization's metadata.",
+)
+def training_shards_match_their_counts(
+    context: dg.AssetCheckExecutionContext, storage: CorpusStorage
+) -> dg.AssetCheckResult:
+    def problems(shard: int) -> list[str]:
+        counts = count_training_shards(storage.root, shard)
+        found = counts.problems
+        recorded = _latest_metadata(context.instance, "training_shards", str(shard))
+        for name, counted in (
+            ("samples", counts.samples),
+            ("images_embedded", counts.images_embedded),
+        ):
+            if recorded.get(name) != counted:
+                found.append(f"{counted} {name} in the tars, metadata says {recorded.get(name)}")
+        return found
 
     return _check_shards(context, problems)

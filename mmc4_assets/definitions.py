@@ -5,26 +5,37 @@ import dagster as dg
 from mmc4_assets.assets.corpus_summary import corpus_summary
 from mmc4_assets.assets.docs import raw_docs, reassigned_docs
 from mmc4_assets.assets.images import download_images
-from mmc4_assets.checks import assignments_are_valid, every_image_has_one_status
+from mmc4_assets.assets.training import training_shards
+from mmc4_assets.checks import (
+    assignments_are_valid,
+    every_image_has_one_status,
+    training_shards_match_their_counts,
+)
 from mmc4_assets.resources import (
     BackfillSettings,
     CorpusStorage,
     ImageDownloader,
     ShardSource,
     StalenessPolicy,
+    TrainingShardSettings,
 )
 from mmc4_assets.run_health import RunHealth, dead_runs_sensor
 from mmc4_assets.schedules import new_shards_schedule
 from mmc4_assets.sensors import stale_images_sensor
 
-ASSETS = [raw_docs, reassigned_docs, download_images, corpus_summary]
-ASSET_CHECKS = [assignments_are_valid, every_image_has_one_status]
+ASSETS = [raw_docs, reassigned_docs, download_images, corpus_summary, training_shards]
+ASSET_CHECKS = [
+    assignments_are_valid,
+    every_image_has_one_status,
+    training_shards_match_their_counts,
+]
 RESOURCES = {
     "storage": CorpusStorage(),
     "shard_source": ShardSource(),
     "image_downloader": ImageDownloader(),
     "staleness": StalenessPolicy(),
     "backfill": BackfillSettings(),
+    "training_shard_settings": TrainingShardSettings(),
     "run_health": RunHealth(),
 }
 

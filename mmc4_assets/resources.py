@@ -13,8 +13,10 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from mmc4_assets.corpus.download import DownloadSettings
 from mmc4_assets.corpus.status import status_parquet_path
+from mmc4_assets.downloader import DownloadSettings
+from mmc4_assets.training.files import webdataset_dir
+from mmc4_assets.training.packing import PartLimits
 
 
 def _env_flag(name: str) -> bool:
@@ -44,6 +46,9 @@ class CorpusStorage(dg.ConfigurableResource):
     def status_parquet_path(self, shard: int) -> Path:
         return status_parquet_path(self.root, shard)
 
+    def webdataset_dir(self) -> Path:
+        return webdataset_dir(self.root)
+
 
 class ShardSource(dg.ConfigurableResource):
     """Where shard files come from: a `{shard}` template over any fsspec URL, or a local folder."""
@@ -64,7 +69,8 @@ class ImageDownloader(dg.ConfigurableResource):
     """HTTP and validation settings of the image downloader (defaults are polite and safe)."""
 
     max_concurrency: int = Field(
-        default=_DEFAULTS.max_concurrency, description="Requests in flight at once."
+        default=_DEFAULTS.max_concurrency,
+        description="Requests in flight at once (cheap: memory is bounded by body bytes).",
     )
     per_host: int = Field(
         default=_DEFAULTS.per_host, description="Requests in flight at once to one host."
@@ -76,7 +82,8 @@ class ImageDownloader(dg.ConfigurableResource):
         default=_DEFAULTS.read_timeout, description="Seconds without a byte from the server."
     )
     total_deadline: float = Field(
-        default=_DEFAULTS.total_deadline, description="Seconds per attempt, all included."
+        default=_DEFAULTS.total_deadline,
+        description="Seconds per image from its first attempt: every try and wait included.",
     )
     max_bytes: int = Field(default=_DEFAULTS.max_bytes, description="Largest body accepted.")
     max_pixels: int = Field(
@@ -97,6 +104,11 @@ class ImageDownloader(dg.ConfigurableResource):
         default=None,
         description="Reach loopback/private addresses; unset reads MMC4_ALLOW_PRIVATE_NETWORKS.",
     )
+    ca_bundle: str | None = Field(
+        default=None,
+        description="PEM file of CA certificates trusted in addition to certifi's (a "
+        "TLS-inspecting proxy's CA); unset reads MMC4_CA_BUNDLE. Verification is never off.",
+    )
 
     def settings(self) -> DownloadSettings:
         allow_private = self.allow_private_networks
@@ -115,6 +127,7 @@ class ImageDownloader(dg.ConfigurableResource):
             user_agent=self.user_agent,
             respect_opt_out=self.respect_opt_out,
             allow_private_networks=allow_private,
+            ca_bundle=self.ca_bundle or os.environ.get("MMC4_CA_BUNDLE") or None,
         )
 
 
@@ -145,3 +158,20 @@ class BackfillSettings(dg.ConfigurableResource):
     shards_per_tick: int = Field(
         default=4, ge=1, description="Runs (one shard each) launched per schedule tick."
     )
+
+
+_PART_LIMITS = PartLimits()
+
+
+class TrainingShardSettings(dg.ConfigurableResource):
+    """How big each training tar (`webdataset/{shard}-{part}.tar`) may grow."""
+
+    documents_per_part: int = Field(
+        default=_PART_LIMITS.documents, ge=1, description="Samples in one tar at most."
+    )
+    bytes_per_part: int = Field(
+        default=_PART_LIMITS.bytes, ge=1, description="Bytes of one tar at most (512 MiB)."
+    )
+
+    def limits(self) -> PartLimits:
+        return PartLimits(documents=self.documents_per_part, bytes=self.bytes_per_part)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import secrets
+import threading
 import zipfile
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +16,7 @@ import pytest
 
 from mmc4_assets.demo.sample_shard import write_sample_shard
 from mmc4_assets.devtools.loopback_web import LoopbackWeb
+from mmc4_assets_tests.servers.postgres import PostgresHome, PostgresServer
 
 SHARD = 42
 
@@ -28,6 +34,30 @@ def instance():
     """A real SQLite-backed instance in a temporary DAGSTER_HOME."""
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session; each test gets databases of its own."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_home(postgres_server, tmp_path) -> PostgresHome:
+    """A DAGSTER_HOME with the shipped deploy/postgres/dagster.yaml, on a fresh database. Its
+    `env` is what a process of the deployment needs: DAGSTER_HOME and the DAGSTER_PG_* variables."""
+    return postgres_server.write_home(tmp_path / "dagster_home", f"dagster_{secrets.token_hex(6)}")
+
+
+@pytest.fixture
+def postgres_instance(postgres_home, monkeypatch) -> Iterator[dg.DagsterInstance]:
+    """The Postgres-backed instance, loaded the way every Dagster process loads it: from
+    $DAGSTER_HOME/dagster.yaml with the variables set."""
+    for key, value in postgres_home.env.items():
+        monkeypatch.setenv(key, value)
+    with dg.DagsterInstance.get() as postgres:
+        yield postgres
 
 
 @pytest.fixture
@@ -57,6 +87,17 @@ def shard_folder(tmp_path, image_web) -> Path:
     )
     zip_shard(folder / f"docs_no_face_shard_{SHARD}_v2.jsonl")
     return folder
+
+
+@pytest.fixture
+def docs_server(shard_folder) -> Iterator[str]:
+    """The shard folder over HTTP on 127.0.0.1 (a base URL; files keep their names)."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(shard_folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

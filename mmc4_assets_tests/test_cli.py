@@ -5,12 +5,9 @@ Each command is tested in the exact words the README and DESIGN.md give, from th
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +16,10 @@ import pytest
 
 BIN = Path(sys.executable).parent
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ASSET_KEYS = {"raw_docs", "reassigned_docs", "downloaded_images", "status_report", "corpus_summary"}
+ASSET_KEYS = {
+    *("raw_docs", "reassigned_docs", "downloaded_images", "status_report", "corpus_summary"),
+    "training_shards",
+}
 
 MATERIALIZE_DOCS = {
     "dg launch": ["dg", "launch", "--assets", "raw_docs,reassigned_docs", "--partition", "42"],
@@ -32,15 +32,6 @@ MATERIALIZE_DOCS = {
         *("--select", "raw_docs,reassigned_docs", "--partition", "42"),
     ],
 }
-
-
-@pytest.fixture
-def docs_server(shard_folder):
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(shard_folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def run_cli(args: list[str], env: dict, home: Path) -> subprocess.CompletedProcess:
@@ -117,4 +108,8 @@ def test_dg_lists_the_definitions(tmp_path):
     }
     assert {schedule["name"] for schedule in listed["schedules"]} == {"new_shards_schedule"}
     checks = {check["name"] for check in listed["asset_checks"]}
-    assert {"assignments_are_valid", "every_image_has_one_status"} <= checks
+    assert {
+        "assignments_are_valid",
+        "every_image_has_one_status",
+        "training_shards_match_their_counts",
+    } <= checks

@@ -26,10 +26,10 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from PIL import Image
 
-from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.status import check_status, read_status
 from mmc4_assets.demo.sample_shard import write_sample_shard
 from mmc4_assets.devtools.loopback_web import LoopbackWeb
+from mmc4_assets.downloader import iter_image_refs
 from mmc4_assets.run_health import live_runs
 from mmc4_assets_tests.conftest import SHARD, zip_shard
 from mmc4_assets_tests.materialize import materialize_shard

@@ -7,8 +7,8 @@ import gzip
 import pandas as pd
 from PIL import Image
 
-from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.status import read_status
+from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets_tests.conftest import write_image_shard
 from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
 

@@ -8,17 +8,14 @@ selection and a partition tag), and watch the queued run go through the daemon t
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -117,10 +114,41 @@ def _stop(process: subprocess.Popen, grace: float = 20.0) -> None:
 
 @dataclass
 class Stack:
-    url: str
+    """Processes serving one instance (webserver, daemon, `dg dev`), started by `start`."""
+
+    port: int
     data_dir: Path
-    logs: dict[str, Path]
-    processes: dict[str, subprocess.Popen]
+    env: dict[str, str]
+    log_dir: Path
+    logs: dict[str, Path] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _handles: list = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, name: str, command: list[str]) -> None:
+        """Start one process from the project root, in its own process group (so that teardown
+        reaches the code servers and runs it spawns), its output in a log of its own."""
+        self.logs[name] = self.log_dir / f"{name.replace(' ', '_')}.log"
+        handle = open(self.logs[name], "wb")  # noqa: SIM115 - closed in stop()
+        self._handles.append(handle)
+        self.processes[name] = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            _stop(process)
+        for handle in self._handles:
+            handle.close()
 
     def diagnostics(self) -> str:
         parts = []
@@ -151,16 +179,6 @@ class Stack:
         return body["data"]
 
 
-@pytest.fixture
-def docs_server(shard_folder) -> Iterator[str]:
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(shard_folder))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
 def _commands(kind: str, port: int) -> dict[str, list[str]]:
     """What serves the UI: `dg dev` (what `make ui` runs), or the webserver and daemon of a
     deployment, both from workspace.yaml."""
@@ -175,46 +193,36 @@ def _commands(kind: str, port: int) -> dict[str, list[str]]:
     }
 
 
-@pytest.fixture(params=["dg dev", "webserver + daemon"])
-def stack(request, tmp_path, docs_server) -> Iterator[Stack]:
-    """The UI and the daemon on one temporary instance; always torn down."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
-    data_dir = tmp_path / "data"
+@contextlib.contextmanager
+def running_stack(home_env: dict[str, str], tmp_path: Path, docs_url: str) -> Iterator[Stack]:
+    """A stack's environment (the instance given by `home_env`, data under tmp_path, shards from
+    `docs_url`) and port; whatever is started on it is always torn down."""
     env = {
         **os.environ,
-        "DAGSTER_HOME": str(home),
-        "MMC4_DATA_DIR": str(data_dir),
-        "MMC4_DOCS_URL": docs_server + "/docs_no_face_shard_{shard}_v2.jsonl.zip",
+        **home_env,
+        "MMC4_DATA_DIR": str(tmp_path / "data"),
+        "MMC4_DOCS_URL": docs_url + "/docs_no_face_shard_{shard}_v2.jsonl.zip",
         "MMC4_ALLOW_PRIVATE_NETWORKS": "1",
         "PYTHONUNBUFFERED": "1",
         "VIRTUAL_ENV": sys.prefix,  # dg checks that the project's venv is the active one
     }
-    port = _free_port()
-    commands = _commands(request.param, port)
-    logs = {name: tmp_path / f"{name.replace(' ', '_')}.log" for name in commands}
-    processes: dict[str, subprocess.Popen] = {}
-    handles = []
+    stack = Stack(port=_free_port(), data_dir=tmp_path / "data", env=env, log_dir=tmp_path)
     try:
-        for name, command in commands.items():
-            handle = open(logs[name], "wb")  # noqa: SIM115 - closed in the finally below
-            handles.append(handle)
-            processes[name] = subprocess.Popen(
-                command,
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so teardown reaches children
-            )
-        yield Stack(f"http://127.0.0.1:{port}", data_dir, logs, processes)
+        yield stack
     finally:
-        for process in processes.values():
-            _stop(process)
-        for handle in handles:
-            handle.close()
+        stack.stop()
+
+
+@pytest.fixture(params=["dg dev", "webserver + daemon"])
+def stack(request, tmp_path, docs_server) -> Iterator[Stack]:
+    """The UI and the daemon on one temporary instance (the local dagster.yaml)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
+    with running_stack({"DAGSTER_HOME": str(home)}, tmp_path, docs_server) as started:
+        for name, command in _commands(request.param, started.port).items():
+            started.start(name, command)
+        yield started
 
 
 def wait_for_server(stack: Stack, timeout: float = SERVER_TIMEOUT) -> None:
@@ -228,10 +236,18 @@ def wait_for_server(stack: Stack, timeout: float = SERVER_TIMEOUT) -> None:
                 # The server answers before the code location has loaded: wait for that too.
                 data = stack.graphql(
                     "{ workspaceOrError { __typename ... on Workspace { locationEntries {"
-                    " name loadStatus } } } }"
+                    " name loadStatus locationOrLoadError { __typename"
+                    " ... on PythonError { message stack } } } } } }"
                 )
                 entries = data["workspaceOrError"].get("locationEntries") or []
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    # Loaded can also mean "failed to load": say why, instead of an empty catalog.
+                    errors = [
+                        e["locationOrLoadError"]
+                        for e in entries
+                        if e["locationOrLoadError"]["__typename"] == "PythonError"
+                    ]
+                    assert not errors, f"code location failed: {errors}\n{stack.diagnostics()}"
                     return
                 last_error = f"locations: {entries}"
             else:

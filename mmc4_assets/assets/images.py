@@ -19,8 +19,6 @@ from mmc4_assets.assets.common import (
     rounded,
     run_shards,
 )
-from mmc4_assets.corpus.download import ProgressInfo, download_shard
-from mmc4_assets.corpus.image_refs import iter_image_refs
 from mmc4_assets.corpus.staleness import (
     folder_mtime,
     stale_clocks,
@@ -34,6 +32,8 @@ from mmc4_assets.corpus.status import (
     summarize,
     write_status,
 )
+from mmc4_assets.downloader import ProgressInfo, download_shard
+from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ImageDownloader, StalenessPolicy
 from mmc4_assets.run_health import RunHealth

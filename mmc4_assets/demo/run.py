@@ -22,6 +22,7 @@ from mmc4_assets.corpus.atomic import atomic_write
 from mmc4_assets.corpus.status import read_status, summarize
 from mmc4_assets.demo.sample_shard import generate_documents
 from mmc4_assets.devtools.loopback_web import LoopbackWeb
+from mmc4_assets.training.files import existing_parts, sizes_path
 
 SHARD = 42
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +124,11 @@ def main() -> int:
     for outcome, count in summary["outcomes"].items():
         if count:
             print(f"  {outcome:<16} {count}")
+    print(f"\nTraining shards (OpenFlamingo's mmc4 format) of shard {SHARD}:")
+    sizes = orjson.loads(sizes_path(data_dir, SHARD).read_bytes())
+    for tar in existing_parts(data_dir, SHARD):
+        print(f"  {tar}  ({sizes[tar.name]} samples, {tar.stat().st_size:,} bytes)")
+    print(f"  {sizes_path(data_dir, SHARD)}  (samples per tar)")
     print(f"\nSee the runs in the UI: make ui (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     return 0
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from mmc4_assets.corpus.image_refs import ImageRef
 from mmc4_assets.corpus.status import (
     OUTCOMES,
     RETRYABLE_OUTCOMES,
@@ -24,6 +23,7 @@ from mmc4_assets.corpus.status import (
     to_reference_tsv_frame,
     write_status,
 )
+from mmc4_assets.downloader.refs import ImageRef
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

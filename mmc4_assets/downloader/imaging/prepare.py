@@ -3,35 +3,31 @@
 Order matters for cost and safety: sniff the bytes (HTML error pages are common), read only the
 header to learn the pixel count (a bomb is refused before any decoding), then decode once:
 images already within ``max_side`` are decoded only to prove they are whole and keep their
-original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft),
-resized like ``mogrify -resize "800x800>"`` and saved in their own format (JPEG quality 90 with
-its EXIF and ICC profile, PNG, GIF, WebP; other formats become PNG under the given name). An
-animation over the limit keeps only its first frame.
+original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft
+with the fast IDCT), resized like ``mogrify -resize "800x800>"`` (bilinear) and saved in their
+own format (JPEG quality 90 with its EXIF and ICC profile, PNG, GIF, WebP; other formats become
+PNG under the given name). An animation over the limit keeps only its first frame.
 """
 
 from __future__ import annotations
 
 import io
-import queue
 import threading
 import warnings
 from dataclasses import dataclass
 
-import magic
 from PIL import Image, ImageFile
+
+from .sniff import sniff_mimetype
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # Formats we write back as themselves; anything else is saved as PNG (lossless, every mode).
 _SAVE_AS_SELF = {"JPEG", "PNG", "GIF", "WEBP"}
 _MIME_OF = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
-_SNIFF_BYTES = 8192
 # Decoding a huge non-JPEG image needs its full pixel buffer: allow only a couple at a time.
 _BIG_DECODE_PIXELS = 16_000_000
 _big_decodes = threading.BoundedSemaphore(2)
-# libmagic handles are not thread-safe, and each maps the whole magic database: keep a few and
-# share them instead of one per thread (64 mappings add ~80 MB to the resident size).
-_sniffers: queue.SimpleQueue = queue.SimpleQueue()
 
 
 class ImageRejected(Exception):
@@ -54,18 +50,6 @@ class PreparedImage:
     original_width: int
     original_height: int
     resized: bool
-
-
-def sniff_mimetype(data: bytes) -> str:
-    """libmagic's MIME type of ``data`` (one handle per concurrent caller, reused)."""
-    try:
-        sniffer = _sniffers.get_nowait()
-    except queue.Empty:
-        sniffer = magic.Magic(mime=True)
-    try:
-        return sniffer.from_buffer(data[:_SNIFF_BYTES])
-    finally:
-        _sniffers.put(sniffer)
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -96,6 +80,9 @@ def prepare_image(
         except Exception as error:  # noqa: BLE001 - Pillow raises many types on bad input
             outcome = "corrupt" if looks_like_image else "not_image"
             raise ImageRejected(outcome, f"cannot open {mimetype}: {error}", mimetype) from None
+        # One decoder call for the whole body instead of one per 64 KB: each call gives the GIL
+        # back and must win it again, and the event loop thread holds it most of the time.
+        image.decodermaxblock = max(image.decodermaxblock, len(data))
         with image:
             return _prepare_opened(image, data, mimetype, max_side, max_pixels)
 
@@ -118,10 +105,15 @@ def _prepare_opened(image, data, mimetype, max_side, max_pixels) -> PreparedImag
     fmt = image.format or ""
     if fmt == "JPEG":
         image.draft(image.mode, new_size)
+        # libjpeg's fast integer IDCT and plain chroma upsampling: a fifth less decoding time,
+        # and no visible difference once the image is shrunk.
+        image.decoderconfig = (image.decoderconfig[0], 1)
     _decode(image, mimetype, 0 if fmt == "JPEG" else width * height)
     out_format = fmt if fmt in _SAVE_AS_SELF else "PNG"
     info = image.info
-    resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    # Bilinear is Pillow's antialiased triangle filter when shrinking: a third cheaper than
+    # bicubic, and after the JPEG draft the remaining factor is below two.
+    resized = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     encoded = _encode(resized, out_format, info)
     return PreparedImage(
         encoded, _MIME_OF[out_format], new_size[0], new_size[1], width, height, True
@@ -158,7 +150,7 @@ def _encode(image: Image.Image, out_format: str, info: dict) -> bytes:
     elif out_format == "PNG":
         if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
             image = image.convert("RGBA" if "A" in image.mode else "RGB")
-        options["compress_level"] = 6
+        options["compress_level"] = 1  # level 6 costs ten times the CPU for a fifth less
     elif out_format == "WEBP":
         if image.mode not in ("RGB", "RGBA"):
             image = image.convert("RGBA" if "A" in image.mode else "RGB")

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import time
 from email.utils import formatdate
 
 import pytest
 
-from mmc4_assets.corpus.http_fetch import (
-    FetchOptions,
-    HttpFetcher,
-    check_url,
-    opted_out,
-    parse_retry_after,
-)
-from mmc4_assets_tests.corpus.local_server import hang_up, image_bytes, send
+from mmc4_assets.downloader import DownloadSettings
+from mmc4_assets.downloader.fetching.client import ByteMeter, FetchResult, HttpClient
+from mmc4_assets.downloader.fetching.urls import check_url, opted_out, parse_retry_after
+from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, refusing_url, send
 
 FAST = dict(
     allow_private_networks=True,
@@ -28,8 +25,28 @@ FAST = dict(
 )
 
 
-def fetcher(**overrides) -> HttpFetcher:
-    return HttpFetcher(FetchOptions(**{**FAST, **overrides}))
+class Fetcher:
+    """Runs HttpClient.fetch (retries waited in place) for one URL at a time, from sync tests."""
+
+    def __init__(self, settings: DownloadSettings) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def fetch(self, url: str, **conditional) -> FetchResult:
+        async def run() -> FetchResult:
+            async with HttpClient(self.settings) as client:
+                return await client.fetch(url, **conditional)
+
+        return asyncio.run(run())
+
+
+def fetcher(**overrides) -> Fetcher:
+    return Fetcher(DownloadSettings(**{**FAST, **overrides}))
 
 
 JPEG = image_bytes(64, 48)
@@ -292,3 +309,48 @@ def test_invalid_urls(url):
 
 def test_check_url_accepts_normal_urls():
     assert check_url(" https://example.com/a b.jpg ") == "https://example.com/a b.jpg"
+
+
+def test_never_answering_host_times_out_once(silent_server):
+    silent = silent_server()
+    with fetcher(read_timeout=0.3, total_deadline=3.0) as f:
+        result = f.fetch(silent.url("/a.jpg"))
+    # A host that never answered is not retried (the stale-image sensor will), and says why.
+    assert (result.outcome, result.attempts, result.host_failure) == ("timeout", 1, "timeout")
+    assert result.error.startswith("no response") and silent.accepted == 1
+
+
+def test_refused_connection_is_retried_and_counts_against_the_host():
+    with fetcher() as f:
+        result = f.fetch(refusing_url("127.0.0.1", "/a.jpg"))
+    assert (result.outcome, result.attempts, result.host_failure) == (
+        "connection_error",
+        3,
+        "refused",
+    )
+
+
+def test_bytes_of_bodies_not_kept_are_released(server):
+    def endless(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/jpeg")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        for _ in range(100):
+            h.wfile.write(b"\x00" * 10_000)
+        h.close_connection = True
+
+    s = server({"/nolen": endless, "/ok.jpg": lambda h: send(h, 200, JPEG)})
+
+    async def run() -> tuple[list[FetchResult], int, int]:
+        meter = ByteMeter()
+        async with HttpClient(DownloadSettings(**{**FAST, "max_bytes": 50_000})) as client:
+            deadline = asyncio.get_running_loop().time() + 3
+            over = await client.attempt(s.url("/nolen"), deadline=deadline, meter=meter)
+            after_over = meter.held
+            kept = await client.attempt(s.url("/ok.jpg"), deadline=deadline, meter=meter)
+            return [over, kept], after_over, meter.held
+
+    (over, kept), after_over, held = asyncio.run(run())
+    assert over.outcome == "too_large" and after_over == 0
+    assert kept.outcome is None and held == len(JPEG)  # a kept body stays counted until decoded

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mmc4_assets.corpus.image_names import (
+from mmc4_assets.downloader.storing.names import (
     NameAllocator,
     contained_path,
     derived_name,

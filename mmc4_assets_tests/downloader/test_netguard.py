@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mmc4_assets.corpus.netguard import AddressPolicy, BlockedAddress, allowed_addresses
+from mmc4_assets.downloader.fetching.netguard import (
+    AddressPolicy,
+    BlockedAddress,
+    allowed_addresses,
+)
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmc4_assets.corpus.download import DownloadSettings, ProgressInfo, download_shard
-from mmc4_assets.corpus.image_refs import ImageRef
 from mmc4_assets.corpus.status import check_status, write_status
 from mmc4_assets.devtools.loopback_web import bomb_png
-from mmc4_assets_tests.corpus.local_server import hang_up, image_bytes, send
+from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
+from mmc4_assets.downloader.refs import ImageRef
+from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, send
 
 SETTINGS = DownloadSettings(
     allow_private_networks=True,
@@ -323,3 +323,20 @@ def test_failing_progress_callback_stops_cleanly(server, tmp_path: Path):
             progress_interval=0.1,
         )
     assert time.monotonic() - started < 2
+
+
+def test_bytes_in_flight_bound_the_requests_started(server, tmp_path: Path):
+    body = image_bytes(700, 500)
+    s = server({f"/{i}.jpg": (lambda h: send(h, 200, body)) for i in range(24)}, latency=0.05)
+    refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(24)]
+    # Generous timeouts: this is about how many requests start, not about slow servers.
+    patient = {"connect_timeout": 10.0, "read_timeout": 10.0, "total_deadline": 30.0}
+    roomy = DownloadSettings(**{**vars(SETTINGS), **patient, "max_concurrency": 32, "per_host": 32})
+    table = download_shard(refs, data_dir=tmp_path / "roomy", shard=0, settings=roomy)
+    assert (table.outcome == "ok").all() and s.max_active > 2
+    s.max_active = 0
+    tight = DownloadSettings(**{**vars(roomy), "max_bytes_in_flight": 2 * len(body)})
+    table = download_shard(refs, data_dir=tmp_path / "tight", shard=0, settings=tight)
+    assert (table.outcome == "ok").all()
+    # Room for two bodies (and a first guess of 256 KB each): never more than two requests.
+    assert 1 <= s.max_active <= 2

@@ -1,9 +1,10 @@
-"""A tiny programmable HTTP server on 127.0.0.1 for the downloader's tests."""
+"""Tiny programmable servers on 127.0.0.x for the downloader's tests: HTTP(S), and a silent one."""
 
 from __future__ import annotations
 
 import io
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +15,13 @@ from PIL import Image
 class LocalServer:
     """A ThreadingHTTPServer whose paths map to small handler functions; records requests."""
 
-    def __init__(self, routes: dict, host: str = "127.0.0.1", latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        routes: dict,
+        host: str = "127.0.0.1",
+        latency: float = 0.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.routes = routes
         self.requests: list[tuple[str, float, dict]] = []
         self.active = 0
@@ -50,6 +57,9 @@ class LocalServer:
                         server.active -= 1
 
         self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
         self.port = self.httpd.server_address[1]
@@ -58,7 +68,7 @@ class LocalServer:
         self._thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def count(self, path: str | None = None) -> int:
         return sum(1 for p, _, _ in self.requests if path is None or p == path)
@@ -102,3 +112,46 @@ def hang_up(h) -> None:
     )
     h.close_connection = True
     h.connection.shutdown(socket.SHUT_RDWR)
+
+
+class SilentServer:
+    """Accepts connections and never answers (a host that is up but hung); counts connections."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._listener = socket.create_server((host, 0), backlog=128)
+        self._listener.settimeout(0.05)
+        self.host = host
+        self.port = self._listener.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(connection)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._listener.close()
+        for connection in self._held:
+            connection.close()
+
+
+def refusing_url(host: str, path: str) -> str:
+    """A URL on ``host`` at a port nothing listens on: connections are refused at once."""
+    with socket.create_server((host, 0)) as probe:
+        port = probe.getsockname()[1]
+    return f"http://{host}:{port}{path}"

@@ -1,0 +1,85 @@
+"""training_shards: the shard packed as WebDataset tars in OpenFlamingo's mmc4 format."""
+
+import time
+
+import dagster as dg
+
+from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, rounded, run_shards
+from mmc4_assets.assets.images import STATUS_REPORT
+from mmc4_assets.corpus.status import read_status
+from mmc4_assets.partitions import shard_partitions
+from mmc4_assets.resources import CorpusStorage, TrainingShardSettings
+from mmc4_assets.training.packing import PackResult, pack_shard
+from mmc4_assets.training.samples import LEFT_OUT_REASONS
+
+TRAINING_SHARDS = dg.AssetKey("training_shards")
+
+
+def _parts_table(result: PackResult) -> str:
+    rows = [f"| {part.name} | {part.samples} | {part.bytes} |" for part in result.parts]
+    return "| tar | samples | bytes |\n|---|---|---|\n" + ("\n".join(rows) or "| none | 0 | 0 |")
+
+
+def _metadata(result: PackResult, wall: float) -> dict:
+    stats = result.stats
+    return {
+        "samples": stats.samples,
+        "documents": stats.documents,
+        "documents_left_out": sum(stats.left_out.values()),
+        **{f"left_out_{reason}": stats.left_out[reason] for reason in LEFT_OUT_REASONS},
+        "images": stats.images,
+        "images_embedded": stats.images_embedded,
+        # OpenFlamingo's loader silently skips images of 10 KB or less (len // 1000 <= 10).
+        "images_below_loader_floor": stats.images_below_loader_floor,
+        "images_missing": stats.images_missing,
+        "images_not_matching_status": stats.images_not_matching_status,
+        "parts": len(result.parts),
+        "bytes": result.bytes,
+        "tars": dg.MetadataValue.md(_parts_table(result)),
+        "documents_per_second": rounded(stats.documents / wall if wall else 0.0),
+        "wall_seconds": rounded(wall, 2),
+        "sizes": dg.MetadataValue.path(str(result.sizes_path)),
+    }
+
+
+@dg.asset(
+    deps=["reassigned_docs", STATUS_REPORT],
+    partitions_def=shard_partitions,
+    backfill_policy=SHARD_BACKFILL_POLICY,
+    group_name="training",
+    kinds={"webdataset"},
+    description="The shard as OpenFlamingo's mmc4 loader reads it: webdataset/{shard}-{part}.tar, "
+    "one `{shard}-{line}.json` sample per document holding at least one stored image (embedded "
+    "as image_base64), and webdataset/{shard}.sizes.json (samples per tar).",
+)
+def training_shards(
+    context: dg.AssetExecutionContext,
+    storage: CorpusStorage,
+    training_shard_settings: TrainingShardSettings,
+) -> None:
+    limits = training_shard_settings.limits()
+    for key, shard in run_shards(context):
+        docs = storage.reassigned_docs_path(shard)
+        status = read_status(storage.root, shard)
+        if status is None or not docs.exists():
+            missing = docs if not docs.exists() else storage.status_parquet_path(shard)
+            raise dg.Failure(
+                f"shard {shard}: {missing} does not exist; materialize reassigned_docs and "
+                "status_report for this shard first"
+            )
+        started = time.monotonic()
+        result = pack_shard(docs, status, storage.root, shard, limits)
+        wall = time.monotonic() - started
+        stats = result.stats
+        context.log.info(
+            f"shard {shard}: {stats.samples} samples with {stats.images_embedded} images in "
+            f"{len(result.parts)} tar(s) under {storage.webdataset_dir()}; "
+            f"{sum(stats.left_out.values())} document(s) left out {dict(stats.left_out)}"
+        )
+        if stats.images_missing or stats.images_not_matching_status:
+            context.log.warning(
+                f"shard {shard}: {stats.images_missing} image(s) ok in the status table have no "
+                f"file, {stats.images_not_matching_status} status row(s) name another image; "
+                "rerun download_images for this shard"
+            )
+        context.add_asset_metadata(_metadata(result, wall), partition_key=key)

@@ -1,0 +1,382 @@
+"""The HTTP client of the image engine: asyncio, pooled, policy-checked, deadline-bound.
+
+One aiohttp session serves a whole shard run: keep-alive connections per host, DNS answers kept
+for the run (GuardedResolver, which also applies the address policy), TLS verified against
+certifi plus the optional ``ca_bundle``. ``attempt`` makes one try at an image, following up to
+``max_redirects`` hops, each re-checked; ``retry_delay`` says whether and when to try again; the
+scheduler requeues the image instead of holding a slot while it waits. ``fetch`` is the same
+loop for a single URL.
+
+Time limits: ``connect_timeout`` for the TCP and TLS handshake, ``read_timeout`` for any silence
+from the server (waiting for headers included), and the image's total deadline over everything,
+so a server trickling one byte per second cannot hold an image past it.
+
+Classification: a body cut short against its Content-Length (the connection closed mid-body) is
+``connection_error`` and retried; a body that arrives complete but holds a truncated image is
+judged later by imaging (``corrupt``). DNS failures and TLS errors are ``connection_error`` but
+not retried (they do not clear in seconds). A timeout is retried only on a host that has
+answered this run: one that let us wait the full read timeout without a word is left to the
+stale-image sensor. Failures that speak for the whole host (``host_failure``) feed the breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from ..settings import DownloadSettings, tls_context
+from .netguard import AddressPolicy, BlockedAddress, GuardedResolver, check_literal
+from .urls import InvalidUrl, check_url, opted_out, parse_retry_after
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_DRAIN_LIMIT = 64 * 1024
+# Idle keep-alive connections are closed after this: most hosts hold one to three images.
+_KEEPALIVE_SECONDS = 4.0
+_RETRYABLE = frozenset({"timeout", "connection_error", "rate_limited"})
+
+
+@dataclass
+class FetchResult:
+    """What one image's fetch produced.
+
+    ``outcome`` is None when a body arrived (to be validated by imaging), ``"not_modified"`` for
+    a 304, else a final status outcome (timeout, http_error, blocked, ...).
+    """
+
+    outcome: str | None
+    http_status: int | None = None
+    error: str | None = None
+    body: bytes | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    final_url: str | None = None
+    attempts: int = 0
+    retry_after: float | None = field(default=None, repr=False)
+    final: bool = field(default=False, repr=False)
+    # The host answered (any HTTP response) during this attempt.
+    answered: bool = field(default=False, repr=False)
+    # A failure that speaks for the host as a whole (see breaker.HOST_FAILURES), else None.
+    host_failure: str | None = field(default=None, repr=False)
+
+    @property
+    def retryable(self) -> bool:
+        if self.final:
+            return False
+        if self.outcome in _RETRYABLE:
+            return True
+        return self.outcome == "http_error" and (self.http_status or 0) >= 500
+
+
+class ByteMeter:
+    """Body bytes held right now (received, or waiting for a decoder), and the mean body size.
+
+    The mean lets the scheduler count bytes that requests in flight are about to bring.
+    """
+
+    def __init__(self, first_guess: int = 256 * 1024) -> None:
+        self.held = 0
+        self._bodies = 1
+        self._body_bytes = first_guess
+
+    def add(self, count: int) -> None:
+        self.held += count
+
+    def release(self, count: int) -> None:
+        self.held -= count
+
+    def observe(self, body_size: int) -> None:
+        self._bodies += 1
+        self._body_bytes += body_size
+
+    @property
+    def mean_body(self) -> float:
+        return self._body_bytes / self._bodies
+
+
+class HttpClient:
+    """Fetch image bodies under the address policy, the byte cap and per-image deadlines.
+
+    An async context manager: enter it inside the event loop that will use it.
+    """
+
+    def __init__(self, settings: DownloadSettings, tls: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self.policy = AddressPolicy(settings.allow_private_networks, settings.allowed_networks)
+        self._tls = tls if tls is not None else tls_context(settings.ca_bundle)
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = {
+            "User-Agent": settings.user_agent,
+            "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.9,*/*;q=0.5",
+            "Accept-Encoding": "gzip, deflate",
+        }
+
+    async def __aenter__(self) -> HttpClient:
+        s = self.settings
+        connector = aiohttp.TCPConnector(
+            limit=0,  # the scheduler limits requests, globally and per host
+            limit_per_host=0,
+            ttl_dns_cache=None,  # one run: answers are kept (and checked) for its life
+            resolver=GuardedResolver(self.policy),
+            ssl=self._tls,
+            keepalive_timeout=_KEEPALIVE_SECONDS,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+            trust_env=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def fetch(
+        self, url: str, *, etag: str | None = None, last_modified: str | None = None
+    ) -> FetchResult:
+        """Fetch one URL with retries (waiting in place); the scheduler requeues instead."""
+        try:
+            url = check_url(url)
+        except InvalidUrl as error:
+            return FetchResult("invalid_url", error=str(error), attempts=0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.total_deadline
+        attempt = 0
+        answered = False
+        while True:
+            attempt += 1
+            result = await self.attempt(
+                url, etag=etag, last_modified=last_modified, deadline=deadline
+            )
+            result.attempts = attempt
+            answered = answered or result.answered
+            wait = retry_delay(self.settings, result, attempt, deadline - loop.time(), answered)
+            if wait is None:
+                return result
+            await asyncio.sleep(wait)
+
+    async def attempt(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        deadline: float,
+        meter: ByteMeter | None = None,
+        last_for_host: bool = False,
+    ) -> FetchResult:
+        """One try: follow up to max_redirects hops, each re-checked, all before ``deadline``.
+
+        ``deadline`` is in the running loop's clock. ``meter`` counts body bytes as they arrive
+        (left counted for a returned body; the caller releases them). ``last_for_host`` asks the
+        server to close the connection after this response (nothing else to fetch there).
+        """
+        try:
+            url = check_url(url)
+        except InvalidUrl as error:
+            return FetchResult("invalid_url", error=str(error), final=True)
+        headers = dict(self._headers)
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        if last_for_host:
+            headers["Connection"] = "close"
+        state = _AttemptState()
+        try:
+            async with asyncio.timeout_at(deadline):
+                result = await self._follow(url, headers, state, meter)
+        except TimeoutError as error:
+            # The deadline wins over whatever was going on; other timeouts are aiohttp's.
+            result = _classify(
+                error, state, deadline_hit=asyncio.get_running_loop().time() >= deadline
+            )
+        except BlockedAddress as error:
+            result = FetchResult("blocked", error=str(error), final=True)
+        except InvalidUrl as error:
+            result = FetchResult("invalid_url", error=str(error), final=True)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status row
+            result = _classify(error, state, deadline_hit=False)
+        if meter is not None and state.metered:
+            meter.release(state.metered)  # bytes of a body we did not keep (cut, over the cap)
+        result.final_url = result.final_url or state.url
+        result.answered = state.answered
+        return result
+
+    async def _follow(self, url, headers, state, meter) -> FetchResult:
+        current = url
+        result = None
+        for _ in range(self.settings.max_redirects + 1):
+            state.url = current
+            result, location = await self._hop(current, headers, state, meter)
+            if location is None:
+                result.final_url = current
+                result.answered = state.answered
+                return result
+            try:
+                current = check_url(urljoin(current, location))
+            except InvalidUrl as error:
+                return FetchResult(
+                    "invalid_url", error=f"redirect: {error}", final_url=current, final=True
+                )
+        return FetchResult(
+            "http_error",
+            http_status=result.http_status if result else None,
+            error=f"more than {self.settings.max_redirects} redirects",
+            final_url=current,
+            answered=state.answered,
+        )
+
+    async def _hop(self, url, headers, state, meter) -> tuple[FetchResult, str | None]:
+        s = self.settings
+        check_literal(urlsplit(url).hostname or "", self.policy)
+        assert self._session is not None, "use HttpClient as an async context manager"
+        async with self._session.get(
+            URL(url), headers=headers, allow_redirects=False, max_redirects=0
+        ) as response:
+            state.answered = True
+            status = response.status
+            head = response.headers
+            etag = head.get("ETag")
+            last_modified = head.get("Last-Modified")
+            if status in REDIRECT_STATUSES:
+                location = head.get("Location")
+                await _discard(response)
+                if not location:
+                    return FetchResult("http_error", status, "redirect without Location"), None
+                return FetchResult(None, status), location
+            if status == 304:
+                await _discard(response)
+                return FetchResult(
+                    "not_modified", 304, etag=etag, last_modified=last_modified
+                ), None
+            if status == 429:
+                await _discard(response)
+                result = FetchResult("rate_limited", 429, "HTTP 429")
+                result.retry_after = parse_retry_after(head.get("Retry-After"))
+                return result, None
+            if not 200 <= status < 300:
+                await _discard(response)
+                result = FetchResult("http_error", status, f"HTTP {status}")
+                if status >= 500:
+                    result.retry_after = parse_retry_after(head.get("Retry-After"))
+                return result, None
+            if s.respect_opt_out and opted_out(head.getall("X-Robots-Tag", [])):
+                await _discard(response)
+                return FetchResult("opted_out", status, "X-Robots-Tag opts out of AI use"), None
+            length = head.get("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > s.max_bytes:
+                response.close()
+                return FetchResult("too_large", status, f"Content-Length {length} over cap"), None
+            chunks: list[bytes] = []
+            received = 0
+            async for data in response.content.iter_any():
+                received += len(data)
+                if received > s.max_bytes:
+                    response.close()
+                    return FetchResult("too_large", status, f"body over {s.max_bytes} bytes"), None
+                if meter is not None:
+                    meter.add(len(data))
+                    state.metered += len(data)
+                chunks.append(data)
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if meter is not None:
+                meter.observe(len(body))
+            state.metered = 0  # the caller owns the body's bytes now
+            result = FetchResult(None, status, body=body, etag=etag, last_modified=last_modified)
+            return result, None
+
+
+class _AttemptState:
+    __slots__ = ("answered", "url", "metered")
+
+    def __init__(self) -> None:
+        self.answered = False
+        self.url: str | None = None
+        self.metered = 0
+
+
+def retry_delay(
+    settings: DownloadSettings,
+    result: FetchResult,
+    attempt: int,
+    time_left: float,
+    host_answered: bool,
+) -> float | None:
+    """Seconds to wait before trying this image again, or None to stop here.
+
+    Stops on a final outcome, after max_attempts, on a timeout from a host that has never
+    answered this run, on a Retry-After above the cap (noted in ``result.error``), and when the
+    wait would run past the image's deadline.
+    """
+    if not result.retryable or attempt >= settings.max_attempts:
+        return None
+    if result.outcome == "timeout" and not host_answered:
+        return None
+    wait = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
+    wait *= random.uniform(0.5, 1.0)
+    if result.retry_after is not None:
+        if result.retry_after > settings.retry_after_cap:
+            result.error = f"Retry-After {result.retry_after:.0f}s exceeds the cap"
+            return None
+        wait = result.retry_after + random.uniform(0.0, 0.1)
+    if wait >= time_left:
+        return None
+    return wait
+
+
+async def _discard(response: aiohttp.ClientResponse) -> None:
+    """Drop a body we do not want, keeping the connection when that is cheap."""
+    length = response.content_length
+    try:
+        if length is not None and length <= _DRAIN_LIMIT:
+            await response.read()
+        else:
+            response.close()
+    except Exception:  # noqa: BLE001
+        response.close()
+
+
+def _classify(error: BaseException, state: _AttemptState, *, deadline_hit: bool) -> FetchResult:
+    """Map a client exception to an outcome, and say whether it speaks for the whole host."""
+    text = f"{type(error).__name__}: {error}"[:500]
+    silent = not state.answered  # nothing came back from the host in this attempt
+    if deadline_hit:
+        return FetchResult("timeout", error="total deadline passed")
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return FetchResult("timeout", error=f"connect timed out: {text}", host_failure="timeout")
+    if isinstance(error, TimeoutError):  # SocketTimeoutError: silence past read_timeout
+        what = "no response" if silent else "read timed out"
+        return FetchResult(
+            "timeout", error=f"{what}: {text}", host_failure="timeout" if silent else None
+        )
+    if isinstance(error, aiohttp.InvalidURL):
+        return FetchResult("invalid_url", error=text, final=True)
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return FetchResult("connection_error", error=text, final=True, host_failure="dns")
+    if isinstance(
+        error,
+        (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError),
+    ):
+        return FetchResult("connection_error", error=text, final=True, host_failure="tls")
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return FetchResult("connection_error", error=text, host_failure="refused")
+    if isinstance(error, aiohttp.ClientPayloadError) and "ContentEncodingError" in repr(
+        error.__cause__ or error
+    ):
+        return FetchResult("corrupt", error=f"content-encoding: {text}")
+    if isinstance(error, aiohttp.ServerDisconnectedError) and silent:
+        return FetchResult("connection_error", error=text, host_failure="refused")
+    # Payload errors, resets and anything else unexpected.
+    return FetchResult("connection_error", error=text)

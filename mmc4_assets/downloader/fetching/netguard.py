@@ -1,0 +1,126 @@
+"""Address policy: which hosts the image downloader may connect to.
+
+The check runs on the addresses the client actually connects to: host names go through
+GuardedResolver, whose filtered answer is all the connector ever sees (so a DNS answer that
+changes between a check and the connect cannot slip through), and IP-literal hosts, which the
+connector does not resolve, are checked by ``check_literal`` on every hop, redirects included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+
+class BlockedAddress(Exception):
+    """The host resolves only to addresses we refuse (loopback, private, ...).
+
+    Deliberately not an OSError, so the HTTP client does not wrap it as a network failure.
+    """
+
+
+def is_public_address(address: str) -> bool:
+    """True when ``address`` is a globally routable unicast IP."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
+
+
+class AddressPolicy:
+    """Public addresses only, unless private ones are allowed wholesale or by network."""
+
+    def __init__(self, allow_private: bool = False, allowed_networks: tuple[str, ...] = ()):
+        self.allow_private = allow_private
+        self.allowed_networks = tuple(ipaddress.ip_network(n) for n in allowed_networks)
+
+    def permits(self, address: str) -> bool:
+        if self.allow_private or is_public_address(address):
+            return True
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allowed_networks)
+
+
+def allowed_addresses(host: str, port: int, policy: AddressPolicy) -> list[tuple]:
+    """Resolve ``host`` (blocking) and keep only the addresses the policy allows.
+
+    Raises BlockedAddress when the name resolves but nothing is allowed; socket.gaierror when it
+    does not resolve.
+    """
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    kept = [info for info in infos if policy.permits(info[4][0])]
+    if not kept:
+        shown = ", ".join(sorted({info[4][0] for info in infos}))
+        raise BlockedAddress(f"{host} resolves to non-public address {shown}")
+    return kept
+
+
+def ip_literal(host: str) -> str | None:
+    """``host`` as an IP address string when it is one (brackets stripped), else None."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return str(ipaddress.ip_address(bare.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def check_literal(host: str, policy: AddressPolicy) -> None:
+    """Raise BlockedAddress when ``host`` is an IP literal the policy refuses."""
+    address = ip_literal(host)
+    if address is not None and not policy.permits(address):
+        raise BlockedAddress(f"{host} is a non-public address")
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves through getaddrinfo and hands the connector only allowed addresses.
+
+    Answers, refusals and failures alike are kept for the life of the resolver (one shard run),
+    so a host holding a thousand images is looked up once.
+    """
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self._policy = policy
+        self._inner = ThreadedResolver()
+        self._answers: dict[tuple[str, int, int], list[ResolveResult] | BaseException] = {}
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        key = (host, port, int(family))
+        answer = self._answers.get(key)
+        if answer is None:
+            try:
+                answer = self._filter(host, await self._inner.resolve(host, port, family))
+            except (OSError, BlockedAddress) as error:
+                answer = error
+            self._answers[key] = answer
+        if isinstance(answer, BaseException):
+            raise type(answer)(*answer.args)  # a fresh one: re-raising grows its traceback
+        return answer
+
+    def _filter(self, host: str, found: list[ResolveResult]) -> list[ResolveResult]:
+        kept = [entry for entry in found if self._policy.permits(entry["host"])]
+        if not kept:
+            shown = ", ".join(sorted({entry["host"] for entry in found}))
+            raise BlockedAddress(f"{host} resolves to non-public address {shown}")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -1,0 +1,1 @@
+"""Validating and resizing: is a body an image we keep, and at what size."""

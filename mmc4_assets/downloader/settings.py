@@ -1,0 +1,74 @@
+"""How the image engine fetches: concurrency, limits, retries, identity, policy and trust."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """Every knob of one shard run; the defaults are the polite, safe ones used in production."""
+
+    # Requests in flight at once. Cheap (one coroutine and socket each): latency is hidden by
+    # having many, memory is bounded by max_bytes_in_flight, CPU by decode_workers.
+    max_concurrency: int = 256
+    per_host: int = 8
+    connect_timeout: float = 5.0
+    # Seconds without a byte from the server (waiting for headers included).
+    read_timeout: float = 10.0
+    # Seconds per image from its first attempt: every attempt, hop, byte and wait between tries.
+    total_deadline: float = 30.0
+    max_bytes: int = 25_000_000
+    max_pixels: int = 100_000_000
+    max_redirects: int = 5
+    max_attempts: int = 3
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    retry_after_cap: float = 30.0
+    user_agent: str = "mmc4-assets/0.1 (+https://github.com/allenai/mmc4)"
+    respect_opt_out: bool = True
+    allow_private_networks: bool = False
+    # Private networks reachable even when allow_private_networks is off (e.g. "10.1.2.0/24").
+    allowed_networks: tuple[str, ...] = ()
+    # A PEM file of CA certificates trusted in addition to certifi's bundle (a TLS-inspecting
+    # proxy's CA, a test CA). Only additions: certificates are always verified.
+    ca_bundle: str | None = None
+    max_side: int = 800
+    # Images decoded at once (0: one per CPU): more buys no speed, only memory.
+    decode_workers: int = 0
+    # Body bytes held at once: received or waiting for a decoder, plus a mean body for each
+    # request in flight. Past it, no new request starts until bodies arrive and are decoded.
+    max_bytes_in_flight: int = 96_000_000
+    # Failed connections (refused, reset, timed out, no answer) to a host that has not answered
+    # once this run, after which its remaining images end at once as retryable failures.
+    breaker_failures: int = 3
+
+
+class CaBundleError(ValueError):
+    """The configured CA bundle cannot be used."""
+
+
+def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """A verifying client context trusting certifi's CAs plus those in ``ca_bundle``.
+
+    Raises CaBundleError, naming the file, when it is missing, unreadable or holds no
+    certificate: a run must stop at its start, not record ten thousand TLS failures.
+    """
+    import certifi
+
+    context = ssl.create_default_context(cafile=certifi.where())
+    if ca_bundle:
+        path = Path(ca_bundle).expanduser()
+        try:
+            pem = path.read_text(encoding="ascii", errors="replace")
+        except OSError as error:
+            raise CaBundleError(f"ca_bundle {ca_bundle}: cannot read it ({error})") from None
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise CaBundleError(f"ca_bundle {ca_bundle}: no PEM certificate in it")
+        try:
+            context.load_verify_locations(cadata=pem)
+        except (ssl.SSLError, ValueError) as error:
+            raise CaBundleError(f"ca_bundle {ca_bundle}: not usable ({error})") from None
+    return context

@@ -1,0 +1,56 @@
+"""Fixtures shared by the downloader tests: real servers on 127.0.0.x and a throw-away CA."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from mmc4_assets_tests.downloader.local_server import LocalServer, SilentServer
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def make(routes, **kwargs):
+        s = LocalServer(routes, **kwargs)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def silent_server():
+    servers = []
+
+    def make(host: str = "127.0.0.1") -> SilentServer:
+        s = SilentServer(host)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+@dataclass
+class ThrowawayCA:
+    bundle: Path  # the CA certificate, PEM: what a user passes as ca_bundle
+    server_context: ssl.SSLContext  # serves a certificate for 127.0.0.1 and localhost
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory) -> ThrowawayCA:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    bundle = tmp_path_factory.mktemp("ca") / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    return ThrowawayCA(bundle, context)
