@@ -38,16 +38,29 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from pydantic import Field
 
 # The ops that keep worker records (an op's name is its step key in these asset jobs).
-GUARDED_STEPS = ("raw_docs", "reassigned_docs", "download_images", "corpus_summary")
+GUARDED_STEPS = (
+    "raw_docs",
+    "reassigned_docs",
+    "download_images",
+    "training_shards",
+    "corpus_summary",
+)
 GUARDED_ASSETS = {
     dg.AssetKey(name)
-    for name in ("raw_docs", "reassigned_docs", "downloaded_images", "status_report")
+    for name in (
+        "raw_docs",
+        "reassigned_docs",
+        "downloaded_images",
+        "status_report",
+        "training_shards",
+    )
 }
 # Runs whose steps may still be executing somewhere.
 LIVE_STATUSES = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 _KEY_PREFIX = "mmc4/run_health"
 _PID_START_TOLERANCE = 1.0  # seconds: psutil derives start times from boot time and clock ticks
 _WAIT_LOG_EVERY = 60.0
+_INTERRUPT_GRACE_SECONDS = 3.0  # an interrupted step stops within moments, or is ended
 
 
 def record_key(run_id: str, step: str) -> str:
@@ -423,6 +436,11 @@ class _Heartbeat:
                     "(declared dead or terminated); stopping so two runs never write one shard"
                 )
                 os.kill(os.getpid(), signal.SIGINT)  # Dagster stops the step as interrupted
+                if not self._stop.wait(_INTERRUPT_GRACE_SECONDS):
+                    # Work that does not heed the interrupt (it may run in an event loop that
+                    # swallows it) must still stop: end this process. Files stay whole.
+                    self._context.log.error("the step did not stop; ending its process")
+                    os.kill(os.getpid(), signal.SIGKILL)
                 return
 
 

@@ -432,6 +432,7 @@ def test_a_run_declared_dead_while_working_stops_writing(cli, slow_web):
     it comes back, its heartbeat sees that and stops the step: one shard, one writer."""
     fetch_docs_in_process(cli.home)
     images = cli.data / "images" / "42"
+    slow_web.latency_ms = 1500.0  # about 5 images a second: the shard takes a minute
     process = cli.start(DOWNLOAD, "revenant")
     wait_until(lambda: len(saved_images(images)) >= 10, RUN_TIMEOUT, "the run's first images")
     with dg.DagsterInstance.from_config(cli.home) as instance:
@@ -444,3 +445,4 @@ def test_a_run_declared_dead_while_working_stops_writing(cli, slow_web):
     log = cli.log("revenant")
     assert "this run was marked FAILURE while this step was still working" in log
     assert len(saved_images(images)) < len(list(iter_image_refs(cli.data / "raw_docs/42.jsonl")))
+    assert not (cli.data / "status" / "42.parquet").exists()
