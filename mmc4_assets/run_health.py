@@ -38,16 +38,29 @@ from dagster._core.events import JobFailureData, RunFailureReason
 from pydantic import Field
 
 # The ops that keep worker records (an op's name is its step key in these asset jobs).
-GUARDED_STEPS = ("raw_docs", "reassigned_docs", "download_images", "corpus_summary")
+GUARDED_STEPS = (
+    "raw_docs",
+    "reassigned_docs",
+    "download_images",
+    "training_shards",
+    "corpus_summary",
+)
 GUARDED_ASSETS = {
     dg.AssetKey(name)
-    for name in ("raw_docs", "reassigned_docs", "downloaded_images", "status_report")
+    for name in (
+        "raw_docs",
+        "reassigned_docs",
+        "downloaded_images",
+        "status_report",
+        "training_shards",
+    )
 }
 # Runs whose steps may still be executing somewhere.
 LIVE_STATUSES = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 _KEY_PREFIX = "mmc4/run_health"
 _PID_START_TOLERANCE = 1.0  # seconds: psutil derives start times from boot time and clock ticks
 _WAIT_LOG_EVERY = 60.0
+_INTERRUPT_GRACE_SECONDS = 3.0  # an interrupted step stops within moments, or is ended
 
 
 def record_key(run_id: str, step: str) -> str:
@@ -258,21 +271,22 @@ class RunHealth(dg.ConfigurableResource):
         runs: Iterable[LiveRun] | None = None,
     ) -> list[str]:
         """Fail every dead run among `runs` (default: all live runs); one line per run failed."""
-        here, now = Machine.here(), time.time()
         cleaned = []
         for run in live_runs(instance) if runs is None else runs:
-            reason = death_reason(
-                run.record,
-                list(run.steps.values()),
-                now=now,
-                dead_after=self.dead_after_seconds,
-                here=here,
-            )
-            if reason:
-                line = fail_dead_run(instance, run, reason, by)
-                if line:
-                    cleaned.append(line)
+            reason = self.death_reason(run)
+            line = fail_dead_run(instance, run, reason, by) if reason else None
+            if line:
+                cleaned.append(line)
         return cleaned
+
+    def death_reason(self, run: LiveRun) -> str | None:
+        return death_reason(
+            run.record,
+            list(run.steps.values()),
+            now=time.time(),
+            dead_after=self.dead_after_seconds,
+            here=Machine.here(),
+        )
 
     @contextlib.contextmanager
     def guard(
@@ -330,20 +344,22 @@ class RunHealth(dg.ConfigurableResource):
                     continue
                 if not (worker.choosing or (worker.ticket and (worker.ticket, run.run_id) < mine)):
                     continue
-                cleaned = self.reap_dead_runs(
-                    context.instance, by=f"run {run_id[:8]} ({step})", runs=[run]
-                )
-                if cleaned:
-                    context.log.warning(f"cleaned up dead {cleaned[0]}")
+                reason = self.death_reason(run)
+                if reason is None:
+                    blockers.append(run)
                     continue
-                blockers.append(run)
+                line = fail_dead_run(context.instance, run, reason, f"run {run_id[:8]} ({step})")
+                if line:  # (None: another run failed it first)
+                    context.log.warning(f"cleaned up dead {line}")
             if not blockers:
                 break
-            if time.monotonic() - logged_at >= _WAIT_LOG_EVERY:
+            holders = [run for run in blockers if not run.steps[step].choosing]
+            # (Runs still choosing a ticket are done within moments: not worth a line.)
+            if holders and time.monotonic() - logged_at >= _WAIT_LOG_EVERY:
                 logged_at = time.monotonic()
                 context.log.info(
                     f"{step}: waiting for shard(s) {_shard_list(shards)}, held by "
-                    + "; ".join(_holder(run, step) for run in blockers)
+                    + "; ".join(_holder(run, step) for run in holders)
                     + f" (waiting {logged_at - waited_since:.0f} s, checking every "
                     f"{self.poll_seconds:g} s)"
                 )
@@ -420,6 +436,11 @@ class _Heartbeat:
                     "(declared dead or terminated); stopping so two runs never write one shard"
                 )
                 os.kill(os.getpid(), signal.SIGINT)  # Dagster stops the step as interrupted
+                if not self._stop.wait(_INTERRUPT_GRACE_SECONDS):
+                    # Work that does not heed the interrupt (it may run in an event loop that
+                    # swallows it) must still stop: end this process. Files stay whole.
+                    self._context.log.error("the step did not stop; ending its process")
+                    os.kill(os.getpid(), signal.SIGKILL)
                 return
 
 

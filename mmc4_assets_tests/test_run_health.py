@@ -7,6 +7,7 @@ another host would write them show how runs elsewhere are judged: by their heart
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 
@@ -82,8 +83,9 @@ def test_dead_runs_are_told_apart_from_live_ones(instance):
     assert status(instance, alive_here) == dg.DagsterRunStatus.STARTED
     by_run = {line.split()[1]: line for line in cleaned}
     assert len(by_run) == 4
-    assert "no heartbeat from host elsewhere, pid 4242 for 300 s" in by_run[stale_elsewhere[:8]]
-    assert "a run is declared dead after 120 s" in by_run[stale_elsewhere[:8]]
+    stale = by_run[stale_elsewhere[:8]]
+    assert re.search(r"no heartbeat from host elsewhere, pid 4242 for 3\d\d s", stale)
+    assert "a run is declared dead after 120 s" in stale
     assert "its processes are gone" in by_run[pid_reused[:8]]
     assert f"{here.host} rebooted since it started" in by_run[rebooted[:8]]
     (failure,) = instance.all_logs(stale_elsewhere, of_type=dg.DagsterEventType.RUN_FAILURE)

@@ -4,11 +4,17 @@ import time
 
 import dagster as dg
 
-from mmc4_assets.assets.common import SHARD_BACKFILL_POLICY, rounded, run_shards
+from mmc4_assets.assets.common import (
+    SHARD_BACKFILL_POLICY,
+    disk_full_fails_clearly,
+    rounded,
+    run_shards,
+)
 from mmc4_assets.assets.images import STATUS_REPORT
 from mmc4_assets.corpus.status import read_status
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, TrainingShardSettings
+from mmc4_assets.run_health import RunHealth
 from mmc4_assets.training.packing import PackResult, pack_shard
 from mmc4_assets.training.samples import LEFT_OUT_REASONS
 
@@ -56,30 +62,37 @@ def training_shards(
     context: dg.AssetExecutionContext,
     storage: CorpusStorage,
     training_shard_settings: TrainingShardSettings,
+    run_health: RunHealth,
 ) -> None:
     limits = training_shard_settings.limits()
-    for key, shard in run_shards(context):
-        docs = storage.reassigned_docs_path(shard)
-        status = read_status(storage.root, shard)
-        if status is None or not docs.exists():
-            missing = docs if not docs.exists() else storage.status_parquet_path(shard)
-            raise dg.Failure(
-                f"shard {shard}: {missing} does not exist; materialize reassigned_docs and "
-                "status_report for this shard first"
+    shards = run_shards(context)
+    # One run at a time per shard, dead runs cleaned up first; a full disk says so.
+    with (
+        run_health.guard(context, [shard for _, shard in shards]),
+        disk_full_fails_clearly(storage.root, shards),
+    ):
+        for key, shard in shards:
+            docs = storage.reassigned_docs_path(shard)
+            status = read_status(storage.root, shard)
+            if status is None or not docs.exists():
+                missing = docs if not docs.exists() else storage.status_parquet_path(shard)
+                raise dg.Failure(
+                    f"shard {shard}: {missing} does not exist; materialize reassigned_docs and "
+                    "status_report for this shard first"
+                )
+            started = time.monotonic()
+            result = pack_shard(docs, status, storage.root, shard, limits)
+            wall = time.monotonic() - started
+            stats = result.stats
+            context.log.info(
+                f"shard {shard}: {stats.samples} samples with {stats.images_embedded} images in "
+                f"{len(result.parts)} tar(s) under {storage.webdataset_dir()}; "
+                f"{sum(stats.left_out.values())} document(s) left out {dict(stats.left_out)}"
             )
-        started = time.monotonic()
-        result = pack_shard(docs, status, storage.root, shard, limits)
-        wall = time.monotonic() - started
-        stats = result.stats
-        context.log.info(
-            f"shard {shard}: {stats.samples} samples with {stats.images_embedded} images in "
-            f"{len(result.parts)} tar(s) under {storage.webdataset_dir()}; "
-            f"{sum(stats.left_out.values())} document(s) left out {dict(stats.left_out)}"
-        )
-        if stats.images_missing or stats.images_not_matching_status:
-            context.log.warning(
-                f"shard {shard}: {stats.images_missing} image(s) ok in the status table have no "
-                f"file, {stats.images_not_matching_status} status row(s) name another image; "
-                "rerun download_images for this shard"
-            )
-        context.add_asset_metadata(_metadata(result, wall), partition_key=key)
+            if stats.images_missing or stats.images_not_matching_status:
+                context.log.warning(
+                    f"shard {shard}: {stats.images_missing} image(s) ok in the status table "
+                    f"have no file, {stats.images_not_matching_status} status row(s) name another "
+                    "image; rerun download_images for this shard"
+                )
+            context.add_asset_metadata(_metadata(result, wall), partition_key=key)
