@@ -329,7 +329,16 @@ def test_bytes_in_flight_bound_the_requests_started(server, tmp_path: Path):
     body = image_bytes(700, 500)
     s = server({f"/{i}.jpg": (lambda h: send(h, 200, body)) for i in range(24)}, latency=0.05)
     refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(24)]
-    roomy = DownloadSettings(**{**vars(SETTINGS), "max_concurrency": 32, "per_host": 32})
+    # Long timeouts: no request may time out on a loaded machine.
+    roomy = DownloadSettings(
+        **{
+            **vars(SETTINGS),
+            "max_concurrency": 32,
+            "per_host": 32,
+            "read_timeout": 10.0,
+            "total_deadline": 20.0,
+        }
+    )
     table = download_shard(refs, data_dir=tmp_path / "roomy", shard=0, settings=roomy)
     assert (table.outcome == "ok").all() and s.max_active > 2
     s.max_active = 0
