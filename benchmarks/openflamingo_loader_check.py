@@ -18,6 +18,7 @@ single image by its 50% coin), and prints what happened to every sample.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections import Counter
@@ -77,7 +78,9 @@ def main() -> int:
     import torch
     import webdataset as wds
 
-    import data as of_data  # OpenFlamingo's open_flamingo/train/data.py
+    # OpenFlamingo's open_flamingo/train/data.py, by name: an import statement would be sorted as
+    # first- or third-party depending on whether a data/ folder exists here (`make demo` makes one).
+    of_data = importlib.import_module("data")
 
     urls = list(braceexpand.braceexpand(args.tars))
     samples = list(
