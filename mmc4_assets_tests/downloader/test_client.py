@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
 from email.utils import formatdate
 
@@ -112,16 +113,22 @@ def test_retry_after_formats():
     assert parse_retry_after("garbage") is None and parse_retry_after(None) is None
 
 
+@pytest.mark.timeout(60)  # a hang guard: without the deadline the read timeout ends it at 30 s
 def test_stall_before_headers_times_out_within_deadline(server):
-    s = server({"/stall": lambda h: time.sleep(5)})
-    with fetcher(read_timeout=0.5, total_deadline=1.0, max_attempts=3) as f:
-        started = time.monotonic()
-        result = f.fetch(s.url("/stall"))
-        elapsed = time.monotonic() - started
-    assert result.outcome == "timeout"
-    assert elapsed < 1.4
+    release = threading.Event()
+    s = server({"/stall": lambda h: release.wait(120)})
+    try:
+        # The read timeout is far off: only the image's total deadline can end this fetch.
+        with fetcher(read_timeout=30.0, total_deadline=1.0, max_attempts=3) as f:
+            result = f.fetch(s.url("/stall"))
+    finally:
+        release.set()
+    assert (result.outcome, result.attempts) == ("timeout", 1)
+    assert result.error == "total deadline passed"
+    assert s.count("/stall") == 1
 
 
+@pytest.mark.timeout(60)  # a hang guard: the trickle alone lasts over a minute
 def test_trickle_is_cut_by_total_deadline(server):
     def trickle(h):
         h.send_response(200)
@@ -134,12 +141,13 @@ def test_trickle_is_cut_by_total_deadline(server):
             time.sleep(0.1)
 
     s = server({"/drip": trickle})
+    # Each byte comes well within the read timeout, and the whole body would take over a minute:
+    # only the image's total deadline can end this fetch.
     with fetcher(read_timeout=0.5, total_deadline=1.0) as f:
-        started = time.monotonic()
         result = f.fetch(s.url("/drip"))
-        elapsed = time.monotonic() - started
-    assert result.outcome == "timeout"
-    assert elapsed < 1.4
+    assert (result.outcome, result.attempts) == ("timeout", 1)
+    assert result.error == "total deadline passed"
+    assert result.body is None and s.count("/drip") == 1
 
 
 def test_connection_closed_mid_body_is_connection_error(server):
