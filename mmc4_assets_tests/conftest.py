@@ -20,6 +20,31 @@ from mmc4_assets_tests.servers.postgres import PostgresHome, PostgresServer
 
 SHARD = 42
 
+# Tests that start daemons, webservers or CLI runs (tens of seconds each, mostly waiting), the
+# costliest first. They run first, so that xdist's workers share them out and the many short tests
+# fill the gaps, instead of one worker ending the session alone on a long test. A test missing
+# here only loses its head start.
+SLOW_TESTS = (
+    "test_a_backfill_survives_losing_its_host_mid_download",
+    "test_ui_backfills_run_in_parallel_within_the_queue_limits",
+    "test_a_download_killed_twice_then_started_twice_at_once",
+    "test_materialize_a_shard_from_the_ui",  # two stacks: `dg dev`, webserver + daemon
+    "test_a_run_declared_dead_while_working_stops_writing",
+    "test_materialize_docs_from_the_cli",  # three commands
+    "test_a_docs_run_killed_mid_fetch_does_not_wedge_the_rerun",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """SLOW_TESTS first, in that order; the rest as collected (a stable sort, the same on every
+    worker, as xdist requires)."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.originalname if isinstance(item, pytest.Function) else item.name
+        return SLOW_TESTS.index(name) if name in SLOW_TESTS else len(SLOW_TESTS)
+
+    items.sort(key=rank)
+
 
 @pytest.fixture(autouse=True)
 def collect_garbage_after_each_test():
