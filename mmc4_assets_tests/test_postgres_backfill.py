@@ -86,7 +86,7 @@ def wait_for_backfills(stack: Stack, backfill_ids: list[str]) -> dict[str, dict]
             backfills[backfill_id] = data
         if all(backfill["status"] in DONE for backfill in backfills.values()):
             return backfills
-        time.sleep(3.0)
+        time.sleep(1.0)
     raise AssertionError(f"backfills not done: {backfills}\n{stack.diagnostics()}")
 
 

@@ -284,7 +284,7 @@ def wait_for_run(stack: Stack, run_id: str, timeout: float = RUN_TIMEOUT) -> dic
         assert run["__typename"] == "Run", run
         if run["status"] in TERMINAL:
             return run
-        time.sleep(2.0)
+        time.sleep(1.0)
     raise AssertionError(
         f"run {run_id} still {run.get('status')} after {timeout:.0f}s\n{stack.diagnostics()}"
     )
