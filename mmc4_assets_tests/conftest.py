@@ -21,9 +21,10 @@ from mmc4_assets_tests.servers.postgres import PostgresHome, PostgresServer
 SHARD = 42
 
 # Tests that start daemons, webservers or CLI runs (tens of seconds each, mostly waiting), the
-# costliest first. They run first, so that xdist's workers share them out and the many short tests
-# fill the gaps, instead of one worker ending the session alone on a long test. A test missing
-# here only loses its head start.
+# costliest first. They start first, each on the next free xdist worker (`--maxschedchunk 1` in
+# pyproject.toml hands tests out one by one), and the many short tests fill the gaps, instead of
+# one worker ending the session alone on a long test. A test missing here only loses its head
+# start.
 SLOW_TESTS = (
     "test_a_backfill_survives_losing_its_host_mid_download",
     "test_ui_backfills_run_in_parallel_within_the_queue_limits",
@@ -36,14 +37,23 @@ SLOW_TESTS = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """SLOW_TESTS first, in that order; the rest as collected (a stable sort, the same on every
-    worker, as xdist requires)."""
+    """SLOW_TESTS first, in that order, each followed by one short test (xdist gives a worker two
+    tests at the start: never two slow ones); the rest as collected. The same order on every
+    worker, as xdist requires."""
 
-    def rank(item: pytest.Item) -> int:
-        name = item.originalname if isinstance(item, pytest.Function) else item.name
-        return SLOW_TESTS.index(name) if name in SLOW_TESTS else len(SLOW_TESTS)
+    def name(item: pytest.Item) -> str:
+        return item.originalname if isinstance(item, pytest.Function) else item.name
 
-    items.sort(key=rank)
+    slow = sorted(
+        (i for i in items if name(i) in SLOW_TESTS), key=lambda i: SLOW_TESTS.index(name(i))
+    )
+    rest = [item for item in items if name(item) not in SLOW_TESTS]
+    ordered = []
+    for item in slow:
+        ordered.append(item)
+        if rest:
+            ordered.append(rest.pop(0))
+    items[:] = ordered + rest
 
 
 # Test packages of the Dagster-free layers (the corpus logic, the downloader, dev tools, training
