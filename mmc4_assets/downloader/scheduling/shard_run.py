@@ -43,6 +43,7 @@ from ..storing.store import (
     store_body,
     store_outcome,
 )
+from .fetch_workers import fetch_in_workers, share_of, split_by_host, worker_count
 from .hosts import HostQueue
 
 
@@ -111,23 +112,21 @@ def download_shard(
     copy with validators); every other image keeps its previous row. Raises CaBundleError at
     once when ``settings.ca_bundle`` cannot be used.
     """
-    tls = tls_context(settings.ca_bundle)
+    tls_context(settings.ca_bundle)  # an unusable CA bundle stops the run before any work
     _tune_malloc()
-    run = _ShardRun(Path(data_dir), int(shard), settings, tls, progress, progress_interval)
+    run = _ShardRun(int(shard), settings, progress, progress_interval)
     if previous is None:
         previous = read_status(data_dir, shard)
-    return run.execute(list(refs), _previous_rows(previous), targets)
+    folder = Path(data_dir) / "images" / str(shard)
+    return run.execute(folder, list(refs), _previous_rows(previous), targets)
 
 
 class _ShardRun:
     """State of one download_shard call."""
 
-    def __init__(self, data_dir, shard, settings, tls, progress, progress_interval) -> None:
-        self.data_dir = data_dir
+    def __init__(self, shard, settings, progress, progress_interval) -> None:
         self.shard = shard
         self.settings = settings
-        self.tls = tls
-        self.folder = data_dir / "images" / str(shard)
         self.progress = progress
         self.progress_interval = progress_interval
         self.rows: list[tuple | None] = []
@@ -142,16 +141,16 @@ class _ShardRun:
 
     # -- planning ---------------------------------------------------------------------------
 
-    def execute(self, refs, previous, targets) -> pd.DataFrame:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.folder)
+    def execute(self, folder: Path, refs, previous, targets) -> pd.DataFrame:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
         self._total = len(refs)
         self.rows = [None] * len(refs)
         allocator = NameAllocator()
         jobs: list[ImageJob] = []
         for position, ref in enumerate(refs):
             name = allocator.allocate(ref.image_name, ref.url, ref.doc, ref.index)
-            path = contained_path(self.folder, name)
+            path = contained_path(folder, name)
             old = previous.get((ref.doc, ref.index))
             if old is not None and (old["url"] != ref.url or old["image_name"] != ref.image_name):
                 old = None  # the shard changed under us: that row describes another image
@@ -170,8 +169,11 @@ class _ShardRun:
         self._report()
         with ThreadPoolExecutor(self._decoders, thread_name_prefix="mmc4-decode") as pool:
             network = self._check_local_copies(jobs, pool, refresh=targets is not None)
-            if network:
-                _run_coroutine(lambda: self._fetch_all(network, pool))
+            workers = worker_count(self.settings, len(network))
+            if workers > 1:
+                self._fetch_in_workers(split_by_host(network, workers))
+            elif network:
+                self._fetch_here(network, pool)
         self._report()
         return normalize_status(pd.DataFrame.from_records(self.rows, columns=ALL_COLUMNS))
 
@@ -201,7 +203,25 @@ class _ShardRun:
 
     # -- fetching ---------------------------------------------------------------------------
 
-    async def _fetch_all(self, jobs: list[ImageJob], pool: ThreadPoolExecutor) -> None:
+    def fetch_here(self, jobs: list[ImageJob]) -> None:
+        """Fetch ``jobs`` on this process's own loop and decoders (a fetch worker's whole job)."""
+        with ThreadPoolExecutor(self._decoders, thread_name_prefix="mmc4-decode") as pool:
+            self._fetch_here(jobs, pool)
+
+    def _fetch_here(self, jobs: list[ImageJob], pool: ThreadPoolExecutor) -> None:
+        tls = tls_context(self.settings.ca_bundle)
+        _run_coroutine(lambda: self._fetch_all(jobs, pool, tls))
+
+    def _fetch_in_workers(self, groups: list[list[ImageJob]]) -> None:
+        def tick(received: int) -> None:
+            with self._lock:
+                self._bytes = received
+            self._report()
+
+        share = share_of(self.settings, len(groups), self._decoders)
+        fetch_in_workers(groups, share, self.shard, self._finish, tick, self.progress_interval)
+
+    async def _fetch_all(self, jobs: list[ImageJob], pool: ThreadPoolExecutor, tls) -> None:
         settings = self.settings
         loop = asyncio.get_running_loop()
         queue = HostQueue(settings.per_host)
@@ -273,7 +293,7 @@ class _ShardRun:
             self._finish(job.position, row)
 
         next_report = loop.time() + self.progress_interval
-        async with HttpClient(settings, self.tls) as client:
+        async with HttpClient(settings, tls) as client:
             try:
                 while (queue.total_waiting or tasks) and not failure:
                     wake.clear()
