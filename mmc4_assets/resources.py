@@ -106,7 +106,7 @@ class ImageDownloader(dg.ConfigurableResource):
     )
     fetch_processes: int = Field(
         default=_DEFAULTS.fetch_processes,
-        description="Processes fetching a shard, each owning a share of its hosts (0: one per "
+        description="Processes fetching a shard, each owning a share of its hosts (0: two per "
         "CPU; 1: in the step's own process).",
     )
     ca_bundle: str | None = Field(

@@ -26,8 +26,11 @@ from collections.abc import Callable
 from ..settings import DownloadSettings
 from ..storing.store import ImageJob
 
-# Images to fetch below which one process does it: a worker costs ~1 s of imports.
+# Images to fetch below which one process does it: a worker costs ~0.5 s of imports.
 MIN_IMAGES_PER_WORKER = 100
+# A process's loop (TLS, HTTP) and its decoder share one GIL, and each keeps about half a core
+# busy on a web of many TLS hosts: two per CPU fill the CPUs (measured: benchmarks/README.md).
+PROCESSES_PER_CPU = 2
 _FLUSH_ROWS, _FLUSH_SECONDS = 64, 0.25
 
 
@@ -39,7 +42,8 @@ def worker_count(settings: DownloadSettings, images: int) -> int:
     """How many fetch processes a shard with ``images`` to fetch gets (1: in-process)."""
     if settings.fetch_processes:
         return max(1, min(settings.fetch_processes, images))
-    return max(1, min(os.cpu_count() or 1, images // MIN_IMAGES_PER_WORKER))
+    wanted = PROCESSES_PER_CPU * (os.cpu_count() or 1)
+    return max(1, min(wanted, images // MIN_IMAGES_PER_WORKER))
 
 
 def split_by_host(jobs: list[ImageJob], parts: int) -> list[list[ImageJob]]:
@@ -168,27 +172,26 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _serve() -> None:
-    from .shard_run import _ShardRun, _tune_malloc  # heavy imports after the death pact
+    from .fetch_loop import FetchLoop, tune_malloc  # heavy imports after the death pact
 
-    _tune_malloc()
+    tune_malloc()
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but messages may reach the pipe
     payload = pickle.load(sys.stdin.buffer)
-    settings: DownloadSettings = payload["settings"]
 
     def send(*message) -> None:
         pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
-    class WorkerRun(_ShardRun):
-        """The shard run's fetch loop, its rows sent to the parent instead of kept."""
+    class WorkerRun(FetchLoop):
+        """The fetch loop, its rows sent to the parent in batches instead of kept."""
 
         def __init__(self) -> None:
-            super().__init__(payload["shard"], settings, None, 3600.0)
+            super().__init__(payload["shard"], payload["settings"])
             self.outbox: list[tuple[int, dict]] = []
             self.flushed_at = time.monotonic()
 
-        def _finish(self, position: int, row: dict) -> None:
+        def keep(self, position: int, row: dict) -> None:
             self.outbox.append((position, row))
             now = time.monotonic()
             if len(self.outbox) >= _FLUSH_ROWS or now - self.flushed_at >= _FLUSH_SECONDS:
