@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from ..storing.store import (
     ImageJob,
     check_local_copy,
     failure_row,
+    held_copy,
     remove_file,
     store_body,
     store_outcome,
@@ -102,6 +103,7 @@ def download_shard(
     targets: set[tuple[int, int]] | None = None,
     progress: Callable[[ProgressInfo], None] | None = None,
     progress_interval: float = 2.0,
+    held: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Download the shard's images into ``data_dir/images/{shard}``; return its status table.
 
@@ -109,11 +111,14 @@ def download_shard(
     or rebuilt from the file). ``previous`` defaults to the shard's status file, if any. With
     ``targets``, only those (doc, index) images are attempted (conditionally when we hold a valid
     copy with validators); every other image keeps its previous row. Raises CaBundleError at
-    once when ``settings.ca_bundle`` cannot be used.
+    once when ``settings.ca_bundle`` cannot be used. ``held`` ({relative path: size}, a listing
+    of the shard's stored objects) stands in for the disk when the data folder is an object
+    store: an image whose previous row is ok with that path and size is held, not fetched.
     """
     tls = tls_context(settings.ca_bundle)
     _tune_malloc()
     run = _ShardRun(Path(data_dir), int(shard), settings, tls, progress, progress_interval)
+    run.held = held
     if previous is None:
         previous = read_status(data_dir, shard)
     return run.execute(list(refs), _previous_rows(previous), targets)
@@ -130,6 +135,7 @@ class _ShardRun:
         self.folder = data_dir / "images" / str(shard)
         self.progress = progress
         self.progress_interval = progress_interval
+        self.held: Mapping[str, int] | None = None  # stored objects, when not on this disk
         self.rows: list[tuple | None] = []
         self._lock = threading.Lock()  # progress counters: decode threads and the loop
         self._outcomes: Counter[str] = Counter()
@@ -177,11 +183,16 @@ class _ShardRun:
 
     def _check_local_copies(self, jobs, pool, *, refresh: bool) -> list[ImageJob]:
         """Carry over valid files (full mode) or prepare conditional refreshes (targets mode)."""
-        on_disk = [job for job in jobs if job.path.is_file()]
+        held = self.held
+        on_disk = [
+            job for job in jobs if job.path.is_file() or (held is not None and job.relpath in held)
+        ]
         if not on_disk:
             return jobs
 
         def check(job: ImageJob) -> dict | None:
+            if held is not None and job.relpath in held and not job.path.is_file():
+                return held_copy(job, held[job.relpath])
             return check_local_copy(job, self.settings, self.shard)
 
         verdicts = dict(zip(map(id, on_disk), pool.map(check, on_disk), strict=True))
