@@ -4,6 +4,7 @@ The status table is the record of the download, so the step that fetches the ima
 run can also be asked (by the stale-image sensor, or by hand) to work only on stale images.
 """
 
+import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -33,7 +34,7 @@ from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ImageDownloader, StalenessPolicy
 from mmc4_assets.run_health import RunHealth
 from mmc4_assets.storage import DataStore, layout
-from mmc4_assets.storage.publish import publish_download
+from mmc4_assets.storage.image_sync import ImageSync
 
 DOWNLOADED_IMAGES = dg.AssetKey("downloaded_images")
 STATUS_REPORT = dg.AssetKey("status_report")
@@ -164,7 +165,8 @@ def download_images(
                 refs = list(iter_image_refs(work / raw))
                 previous = read_status(work, shard)
                 # On an object store, one listing of the shard's images stands in for the disk.
-                stored = store.listing(folder) if store.remote else None
+                sync = ImageSync(store, work, shard) if store.remote else None
+                stored = sync.stored if sync is not None else None
                 targets = None
                 if config.only_stale and previous is not None:
                     targets = stale_targets(
@@ -176,6 +178,11 @@ def download_images(
                         stored_sizes=stored,
                     )
                     context.log.info(f"shard {shard}: {len(targets)} stale image(s) to re-download")
+                if sync is not None and (adopted := sync.adopt_unrecorded(previous)):
+                    context.log.info(
+                        f"shard {shard}: {adopted} stored image(s) no status row vouches for "
+                        "(a killed run's uploads) fetched to be checked, not downloaded again"
+                    )
 
                 def report(progress: ProgressInfo, shard: int = shard) -> None:
                     context.log.info(
@@ -185,20 +192,21 @@ def download_images(
                     )
 
                 started = time.monotonic()
-                table = download_shard(
-                    refs,
-                    data_dir=work,
-                    shard=shard,
-                    settings=settings,
-                    previous=previous,
-                    targets=targets,
-                    progress=report,
-                    held=stored,
-                )
+                with sync.uploading() if sync is not None else contextlib.nullcontext():
+                    table = download_shard(
+                        refs,
+                        data_dir=work,
+                        shard=shard,
+                        settings=settings,
+                        previous=previous,
+                        targets=targets,
+                        progress=report,
+                        held=stored,
+                    )
                 wall = time.monotonic() - started
                 write_status(table, work, shard)
-                if stored is not None:
-                    publish_download(store, work, table, shard, stored)
+                if sync is not None:
+                    sync.finish(table)
             summary = summarize(table)
             attempted = len(refs) if targets is None else len(targets)
             context.add_asset_metadata(

@@ -1,28 +1,13 @@
-"""What a step publishes to an object store, and in which order, so that readers never trust a
-half-published shard: images before the status table that vouches for them, tars before the sizes
-file that lists them."""
+"""Training tars on an object store, published so that readers never trust a half-published
+shard: tars before the sizes file that lists them (images and status tables: image_sync.py)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from mmc4_assets.storage import layout
 from mmc4_assets.storage.datastore import DataStore
-
-
-def publish_download(
-    store: DataStore, work: Path, table: pd.DataFrame, shard: int, stored: dict[str, int]
-) -> None:
-    """Upload the images this run wrote, delete the objects no ok row names any more (gone, or
-    left by a run killed before its status table), then the parquet table, then the tsv.gz."""
-    ok_paths = set(table.loc[table["outcome"] == "ok", "path"].dropna().astype(str))
-    store.publish(work, sorted(rel for rel in ok_paths if (work / rel).is_file()))
-    store.delete(sorted(set(stored) - ok_paths))
-    store.publish(work, [layout.status_parquet(shard)])
-    store.publish(work, [layout.status_tsv(shard)])
 
 
 def stored_parts(store: DataStore, shard: int) -> list[str]:

@@ -5,15 +5,18 @@ re-downloads only what was deleted or altered in the bucket, and nothing is left
 from __future__ import annotations
 
 import io
+import subprocess
 import time
 
 import pandas as pd
 import pyarrow.parquet as pq
+from PIL import Image
 
 from mmc4_assets.resources import StalenessPolicy
 from mmc4_assets.sensors import STALE_RUN_CONFIG, stale_reason
 from mmc4_assets.storage import open_store
 from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.test_crash_safety import mount_tmpfs
 
 EVERYTHING = "raw_docs reassigned_docs downloaded_images status_report training_shards"
 
@@ -97,3 +100,31 @@ def test_every_asset_reads_and_writes_the_bucket(
     assert stale_reason(report, store.stamp("images/42"), time.time(), policy) is None
     store.delete([rest[0]])
     assert stale_reason(report, store.stamp("images/42"), time.time(), policy) == "files_changed"
+
+
+def test_a_full_scratch_disk_fails_clearly_and_publishes_nothing_partial(
+    instance, s3_data_dir, shard_folder, image_web, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("MMC4_DOCS_URL", str(shard_folder))
+    monkeypatch.setenv("MMC4_ALLOW_PRIVATE_NETWORKS", "1")
+    assert materialize_shard(instance, "raw_docs").success
+    small = tmp_path / "small"
+    mount_tmpfs(small, "2m")
+    try:
+        monkeypatch.setenv("MMC4_SCRATCH_DIR", str(small))
+        result = materialize_shard(
+            instance, "downloaded_images status_report", raise_on_error=False
+        )
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        message = failure.step_failure_data.user_failure_data.description
+        assert f"The scratch disk {small} (data on {s3_data_dir}) is full" in message
+        assert "MMC4_SCRATCH_DIR" in message
+        assert list(small.iterdir()) == []  # the scratch folder went with the step
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False, capture_output=True)
+    store = open_store(s3_data_dir)
+    assert store.listing("status") == {}
+    for rel in store.listing("images/42"):  # uploaded before the disk filled: whole images
+        with Image.open(io.BytesIO(store.fs.cat(store._key(rel)))) as image:
+            image.load()
