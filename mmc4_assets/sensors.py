@@ -8,8 +8,10 @@ version never triggers two runs.
 """
 
 import bisect
+import functools
 import json
 import time
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -23,16 +25,19 @@ STALE_RUN_CONFIG = {"ops": {"download_images": {"config": {"only_stale": True}}}
 
 
 def stale_reason(
-    metadata: dict, images_stamp: float | None, now: float, policy: StalenessPolicy
+    metadata: dict, images_stamp: Callable[[], float | None], now: float, policy: StalenessPolicy
 ) -> str | None:
-    """Why a shard needs a stale run now, from its report metadata and the images folder's stamp
-    now (DataStore.stamp: mtime on a disk, a listing digest on an object store)."""
+    """Why a shard needs a stale run now, from its report metadata and, only when that does not
+    decide, the images folder's stamp now (DataStore.stamp: mtime on a disk, a listing digest on
+    an object store, where it costs a request)."""
     due_at = shard_due_at(metadata, policy)
     if due_at is not None and due_at <= now:
         return "due"
+    if int(metadata.get("ok", 0)) == 0:
+        return None
     # Reports written before the stamp had another name recorded the folder's mtime.
     recorded = float(metadata.get("images_stamp", metadata.get("images_dir_mtime", -1.0)))
-    if int(metadata.get("ok", 0)) > 0 and images_stamp != recorded:
+    if images_stamp() != recorded:
         return "files_changed"
     return None
 
@@ -75,7 +80,7 @@ def stale_images_sensor(
             record = records.get(str(shard))
             if record is None:
                 continue
-            stamp = store.stamp(layout.images_folder(shard))
+            stamp = functools.partial(store.stamp, layout.images_folder(shard))
             reason = stale_reason(record.metadata, stamp, now, staleness)
             if reason:
                 requests.append(

@@ -169,8 +169,9 @@ class RemoteStore(DataStore):
 
     @contextlib.contextmanager
     def workspace(self) -> Iterator[Path]:
-        parent = os.environ.get(SCRATCH_ENV) or tempfile.gettempdir()
-        remove_dead_scratch(Path(parent))
+        parent = Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_scratch(parent)
         work = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent))
         try:
             yield work
