@@ -120,6 +120,11 @@ class ImageDownloader(dg.ConfigurableResource):
         default=None,
         description="Reach loopback/private addresses; unset reads MMC4_ALLOW_PRIVATE_NETWORKS.",
     )
+    fetch_processes: int = Field(
+        default=_DEFAULTS.fetch_processes,
+        description="Processes fetching a shard, each owning a share of its hosts (0: two per "
+        "CPU; 1: in the step's own process).",
+    )
     ca_bundle: str | None = Field(
         default=None,
         description="PEM file of CA certificates trusted in addition to certifi's (a "
@@ -142,6 +147,7 @@ class ImageDownloader(dg.ConfigurableResource):
             retry_after_cap=self.retry_after_cap,
             user_agent=self.user_agent,
             respect_opt_out=self.respect_opt_out,
+            fetch_processes=self.fetch_processes,
             allow_private_networks=allow_private,
             ca_bundle=self.ca_bundle or os.environ.get("MMC4_CA_BUNDLE") or None,
         )

@@ -38,6 +38,10 @@ class DownloadSettings:
     max_side: int = 800
     # Images decoded at once (0: one per CPU): more buys no speed, only memory.
     decode_workers: int = 0
+    # Processes fetching a shard, each owning a share of its hosts (0: two per CPU, fewer for
+    # small shards; 1: all in this process). One process's loop and TLS hold the GIL its
+    # decoders need, so one process cannot keep even two cores busy.
+    fetch_processes: int = 0
     # Body bytes held at once: received or waiting for a decoder, plus a mean body for each
     # request in flight. Past it, no new request starts until bodies arrive and are decoded.
     max_bytes_in_flight: int = 96_000_000
