@@ -102,7 +102,7 @@ def shard_metadata(
         ),
         "earliest_retryable_at": dg.MetadataValue.float(earliest_retryable_at),
         "oldest_ok_at": dg.MetadataValue.float(now - rng.uniform(1, 90) * DAY),
-        "images_dir_mtime": dg.MetadataValue.float(mtime),
+        "images_stamp": dg.MetadataValue.float(mtime),
         "parquet": dg.MetadataValue.path(str(data_dir / "status" / f"{key}.parquet")),
         "tsv": dg.MetadataValue.path(str(data_dir / "status" / f"{key}.tsv.gz")),
     }
@@ -190,7 +190,7 @@ def verify(instance: dg.DagsterInstance, keys: Sequence[str]) -> None:
     records = list(fetch_records(instance, STATUS_REPORT, (latest[k] for k in sample)))
     assert sorted(r.partition for r in records) == sorted(sample), records
     for record in records:
-        assert isinstance(record.metadata["images_dir_mtime"], float), record.metadata
+        assert isinstance(record.metadata["images_stamp"], float), record.metadata
         assert record.metadata["ok"] > 0
 
 

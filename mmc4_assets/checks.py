@@ -9,6 +9,8 @@ from mmc4_assets.corpus.shards import parse_shard
 from mmc4_assets.corpus.status import check_status, read_status
 from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.resources import CorpusStorage
+from mmc4_assets.storage import layout
+from mmc4_assets.storage.publish import stored_parts
 from mmc4_assets.training.verify import count_training_shards
 
 MAX_PROBLEMS_SHOWN = 20
@@ -45,9 +47,14 @@ def _check_shards(
 def assignments_are_valid(
     context: dg.AssetCheckExecutionContext, storage: CorpusStorage
 ) -> dg.AssetCheckResult:
-    return _check_shards(
-        context, lambda shard: check_assignments(storage.reassigned_docs_path(shard))
-    )
+    store = storage.store()
+
+    def problems(shard: int) -> list[str]:
+        docs = layout.reassigned_docs(shard)
+        with store.inputs([docs]) as work:
+            return check_assignments(work / docs)
+
+    return _check_shards(context, problems)
 
 
 @dg.asset_check(
@@ -58,12 +65,18 @@ def assignments_are_valid(
 def every_image_has_one_status(
     context: dg.AssetCheckExecutionContext, storage: CorpusStorage
 ) -> dg.AssetCheckResult:
+    store = storage.store()
+
     def problems(shard: int) -> list[str]:
-        table = read_status(storage.root, shard)
-        if table is None:
-            return [f"no status table at {storage.status_parquet_path(shard)}"]
-        refs = list(iter_image_refs(storage.raw_docs_path(shard)))
-        return check_status(table, refs, storage.root)
+        raw, parquet = layout.raw_docs(shard), layout.status_parquet(shard)
+        with store.inputs([raw, parquet]) as work:
+            table = read_status(work, shard)
+            if table is None:
+                return [f"no status table at {store.url(parquet)}"]
+            refs = list(iter_image_refs(work / raw))
+            # On an object store, "the file exists" is "the listing names it".
+            stored = store.listing(layout.images_folder(shard)) if store.remote else None
+            return check_status(table, refs, work, stored)
 
     return _check_shards(context, problems)
 
@@ -88,8 +101,14 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -
 def training_shards_match_their_counts(
     context: dg.AssetCheckExecutionContext, storage: CorpusStorage
 ) -> dg.AssetCheckResult:
+    store = storage.store()
+
     def problems(shard: int) -> list[str]:
-        counts = count_training_shards(storage.root, shard)
+        with store.workspace() as work:
+            if store.remote:  # the sizes file and every tar of the shard the store holds
+                store.fetch(work, [layout.training_sizes(shard)])
+                store.fetch(work, stored_parts(store, shard), known=True)
+            counts = count_training_shards(work, shard)
         found = counts.problems
         recorded = _latest_metadata(context.instance, "training_shards", str(shard))
         for name, counted in (

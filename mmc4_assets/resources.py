@@ -15,6 +15,7 @@ from pydantic import Field
 
 from mmc4_assets.corpus.status import status_parquet_path
 from mmc4_assets.downloader import DownloadSettings
+from mmc4_assets.storage import DataStore, open_store
 from mmc4_assets.training.files import webdataset_dir
 from mmc4_assets.training.packing import PartLimits
 
@@ -24,15 +25,30 @@ def _env_flag(name: str) -> bool:
 
 
 class CorpusStorage(dg.ConfigurableResource):
-    """The data folder every asset writes under (layout in DESIGN.md)."""
+    """The data folder every asset writes under (layout in DESIGN.md): a local path or any
+    fsspec URL (s3://bucket/prefix, gs://..., file://...)."""
 
     data_dir: str | None = Field(
-        default=None, description="Root of all outputs; unset reads MMC4_DATA_DIR, else 'data'."
+        default=None,
+        description="Root of all outputs, a path or an fsspec URL; unset reads MMC4_DATA_DIR, "
+        "else 'data'.",
     )
 
     @property
+    def location(self) -> str:
+        return self.data_dir or os.environ.get("MMC4_DATA_DIR") or "data"
+
+    def store(self) -> DataStore:
+        """Where outputs are read and written: the local folder, or the object store."""
+        return open_store(self.location)
+
+    @property
     def root(self) -> Path:
-        return Path(self.data_dir or os.environ.get("MMC4_DATA_DIR") or "data").absolute()
+        """The local data folder (the path helpers below need a local root)."""
+        store = self.store()
+        if store.remote:
+            raise ValueError(f"MMC4_DATA_DIR={self.location} is not a local folder")
+        return store.root
 
     def raw_docs_path(self, shard: int) -> Path:
         return self.root / "raw_docs" / f"{shard}.jsonl"

@@ -1,35 +1,43 @@
 """The stale-image sensor: finds shards with stale images and re-downloads only those.
 
 Each tick examines the next chunk of materialized shards (a cursor walks all of them across ticks)
-using only the status_report metadata and one stat() per shard folder, and requests at most
+using only the status_report metadata and one stat() per shard folder (one listing on an object
+store), and requests at most
 `max_runs_per_tick` runs. A run key made of the shard and its report's storage id means one report
 version never triggers two runs.
 """
 
 import bisect
+import functools
 import json
 import time
+from collections.abc import Callable
 
 import dagster as dg
 
 from mmc4_assets.assets.images import DOWNLOAD_RUN_TAGS, STATUS_REPORT, download_images
-from mmc4_assets.corpus.staleness import folder_mtime
 from mmc4_assets.resources import CorpusStorage, StalenessPolicy
 from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_due_at
+from mmc4_assets.storage import layout
 
 DECODE_BATCH = 200
 STALE_RUN_CONFIG = {"ops": {"download_images": {"config": {"only_stale": True}}}}
 
 
 def stale_reason(
-    metadata: dict, images_dir_mtime: float | None, now: float, policy: StalenessPolicy
+    metadata: dict, images_stamp: Callable[[], float | None], now: float, policy: StalenessPolicy
 ) -> str | None:
-    """Why a shard needs a stale run now, from its report metadata alone (None: it doesn't)."""
+    """Why a shard needs a stale run now, from its report metadata and, only when that does not
+    decide, the images folder's stamp now (DataStore.stamp: mtime on a disk, a listing digest on
+    an object store, where it costs a request)."""
     due_at = shard_due_at(metadata, policy)
     if due_at is not None and due_at <= now:
         return "due"
-    recorded_mtime = float(metadata.get("images_dir_mtime", -1.0))
-    if int(metadata.get("ok", 0)) > 0 and images_dir_mtime != recorded_mtime:
+    if int(metadata.get("ok", 0)) == 0:
+        return None
+    # Reports written before the stamp had another name recorded the folder's mtime.
+    recorded = float(metadata.get("images_stamp", metadata.get("images_dir_mtime", -1.0)))
+    if images_stamp() != recorded:
         return "files_changed"
     return None
 
@@ -45,6 +53,7 @@ def stale_images_sensor(
     context: dg.SensorEvaluationContext, storage: CorpusStorage, staleness: StalenessPolicy
 ) -> dg.SensorResult | dg.SkipReason:
     latest = latest_storage_ids(context.instance, STATUS_REPORT)
+    store = storage.store()
     if not latest:
         return dg.SkipReason("no shard has a status report yet")
     shards = sorted(int(key) for key in latest)
@@ -71,8 +80,8 @@ def stale_images_sensor(
             record = records.get(str(shard))
             if record is None:
                 continue
-            mtime = folder_mtime(storage.images_dir(shard))
-            reason = stale_reason(record.metadata, mtime, now, staleness)
+            stamp = functools.partial(store.stamp, layout.images_folder(shard))
+            reason = stale_reason(record.metadata, stamp, now, staleness)
             if reason:
                 requests.append(
                     dg.RunRequest(

@@ -4,12 +4,12 @@ import contextlib
 import errno
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 
 from mmc4_assets.corpus.shards import parse_shard
 from mmc4_assets.corpus.status import OUTCOMES
+from mmc4_assets.storage import DataStore
 
 # Beta APIs we rely on knowingly: BackfillPolicy, and the `*` selection users type (Dagster parses
 # it with AssetSelection.all(include_sources=...)). Keep every CLI run's output free of them.
@@ -48,23 +48,32 @@ def outcome_table(counts: dict[str, int]) -> str:
     return "| outcome | images |\n|---|---|\n" + "\n".join(rows)
 
 
+def stored_at(store: DataStore, rel: str) -> dg.MetadataValue:
+    """Where an output lives: a path for a local data folder, its URL on an object store."""
+    where = store.url(rel) if rel else store.location
+    return dg.MetadataValue.text(where) if store.remote else dg.MetadataValue.path(where)
+
+
 @contextlib.contextmanager
-def disk_full_fails_clearly(data_dir: Path, shards: list[tuple[str, int]]) -> Iterator[None]:
+def disk_full_fails_clearly(store: DataStore, shards: list[tuple[str, int]]) -> Iterator[None]:
     """Turn "no space left" into a step failure that says what happened and what to do.
 
-    Every file is written to a temporary name and renamed into place, so what is on disk after
-    the failure is whole; the next run keeps it."""
+    Every file is written to a temporary name and renamed into place (on an object store: each
+    object in one upload, from a local scratch folder, whose disk is the one that can fill), so
+    what is stored after the failure is whole; the next run keeps it."""
     try:
         yield
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         numbers = ", ".join(str(shard) for _, shard in shards)
+        bigger = "MMC4_SCRATCH_DIR" if store.remote else "MMC4_DATA_DIR"
         raise dg.Failure(
-            description=f"The data folder {data_dir} is full ({error.strerror}) while writing "
-            f"shard(s) {numbers}. Files already written are complete and kept; no partial file "
-            "is left under a final name. Free some space (or point MMC4_DATA_DIR at a bigger "
-            "disk) and run again: what is already valid is not fetched again.",
-            metadata={"data_dir": dg.MetadataValue.path(str(data_dir))},
+            description=f"{store.scratch_note()[0].upper()}{store.scratch_note()[1:]} is full "
+            f"({error.strerror}) while writing shard(s) {numbers}. Files already written are "
+            "complete and kept; no partial file is left under a final name. Free some space (or "
+            f"point {bigger} at a bigger disk) and run again: what is already valid is not "
+            "fetched again.",
+            metadata={"data_dir": stored_at(store, "")},
             allow_retries=False,
         ) from error

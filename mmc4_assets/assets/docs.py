@@ -6,6 +6,7 @@ from mmc4_assets.assets.common import (
     SHARD_BACKFILL_POLICY,
     disk_full_fails_clearly,
     run_shards,
+    stored_at,
     url_or_text,
 )
 from mmc4_assets.corpus.assignment import reassign_shard
@@ -13,6 +14,7 @@ from mmc4_assets.corpus.docs import fetch_shard
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ShardSource
 from mmc4_assets.run_health import RunHealth
+from mmc4_assets.storage import layout
 
 
 @dg.asset(
@@ -30,14 +32,17 @@ def raw_docs(
     run_health: RunHealth,
 ) -> None:
     shards = run_shards(context)
+    store = storage.store()
     # One run at a time per shard, dead runs cleaned up first; a full disk says so.
     with (
         run_health.guard(context, [shard for _, shard in shards]),
-        disk_full_fails_clearly(storage.root, shards),
+        disk_full_fails_clearly(store, shards),
     ):
         for key, shard in shards:
-            dest = storage.raw_docs_path(shard)
-            stats = fetch_shard(shard_source.url, shard, dest)
+            rel = layout.raw_docs(shard)
+            with store.workspace() as work:
+                stats = fetch_shard(shard_source.url, shard, work / rel)
+                store.publish(work, [rel])
             context.log.info(
                 f"shard {shard}: {stats.documents} documents, {stats.images} images "
                 f"from {stats.source}"
@@ -60,7 +65,7 @@ def raw_docs(
                     ),
                     "source": url_or_text(stats.source),
                     "source_sha256": stats.source_sha256,
-                    "path": dg.MetadataValue.path(str(dest)),
+                    "path": stored_at(store, rel),
                 },
                 partition_key=key,
             )
@@ -79,14 +84,17 @@ def reassigned_docs(
     context: dg.AssetExecutionContext, storage: CorpusStorage, run_health: RunHealth
 ) -> None:
     shards = run_shards(context)
+    store = storage.store()
     # One run at a time per shard, dead runs cleaned up first; a full disk says so.
     with (
         run_health.guard(context, [shard for _, shard in shards]),
-        disk_full_fails_clearly(storage.root, shards),
+        disk_full_fails_clearly(store, shards),
     ):
         for key, shard in shards:
-            dest = storage.reassigned_docs_path(shard)
-            stats = reassign_shard(storage.raw_docs_path(shard), dest)
+            src, rel = layout.raw_docs(shard), layout.reassigned_docs(shard)
+            with store.inputs([src]) as work:
+                stats = reassign_shard(work / src, work / rel)
+                store.publish(work, [rel])
             left_alone = sum(stats.unchanged.values())
             context.log.info(
                 f"shard {shard}: {stats.documents} documents, {stats.images} images, "
@@ -99,7 +107,7 @@ def reassigned_docs(
                     "assignments_changed": stats.changed,
                     "documents_unchanged": left_alone,
                     **{f"unchanged_{reason}": count for reason, count in stats.unchanged.items()},
-                    "path": dg.MetadataValue.path(str(dest)),
+                    "path": stored_at(store, rel),
                 },
                 partition_key=key,
             )

@@ -4,9 +4,9 @@ The status table is the record of the download, so the step that fetches the ima
 run can also be asked (by the stale-image sensor, or by hand) to work only on stale images.
 """
 
+import contextlib
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -18,13 +18,9 @@ from mmc4_assets.assets.common import (
     percent,
     rounded,
     run_shards,
+    stored_at,
 )
-from mmc4_assets.corpus.staleness import (
-    folder_mtime,
-    stale_clocks,
-    stale_due_at,
-    stale_targets,
-)
+from mmc4_assets.corpus.staleness import stale_clocks, stale_due_at, stale_targets
 from mmc4_assets.corpus.status import (
     OUTCOMES,
     read_status,
@@ -37,6 +33,8 @@ from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, ImageDownloader, StalenessPolicy
 from mmc4_assets.run_health import RunHealth
+from mmc4_assets.storage import DataStore, layout
+from mmc4_assets.storage.image_sync import ImageSync
 
 DOWNLOADED_IMAGES = dg.AssetKey("downloaded_images")
 STATUS_REPORT = dg.AssetKey("status_report")
@@ -59,11 +57,15 @@ def _hosts_table(summary: dict) -> str:
     return "| host | failures |\n|---|---|\n" + "\n".join(f"| {h} | {n} |" for h, n in hosts)
 
 
+def _or_minus_one(value: float | None) -> float:
+    return -1.0 if value is None else value
+
+
 def _outcome_counts(summary: dict) -> dict[str, int]:
     return {f"outcome_{o}": summary["outcomes"].get(o, 0) for o in OUTCOMES}
 
 
-def _images_metadata(summary: dict, attempted: int, wall: float, folder: Path) -> dict:
+def _images_metadata(summary: dict, attempted: int, wall: float, folder: dg.MetadataValue) -> dict:
     return {
         "images": summary["images"],
         "ok": summary["ok"],
@@ -73,7 +75,7 @@ def _images_metadata(summary: dict, attempted: int, wall: float, folder: Path) -
         "attempted": attempted,
         "images_per_second": rounded(attempted / wall if wall else 0.0),
         "wall_seconds": rounded(wall),
-        "folder": dg.MetadataValue.path(str(folder)),
+        "folder": folder,
     }
 
 
@@ -81,9 +83,10 @@ def _report_metadata(
     table: pd.DataFrame,
     summary: dict,
     staleness: StalenessPolicy,
-    folder: Path,
-    paths: tuple[Path, Path],
+    store: DataStore,
+    shard: int,
 ) -> dict:
+    folder = layout.images_folder(shard)
     earliest_retryable_at, oldest_ok_at = stale_clocks(table)
     due_at = stale_due_at(
         earliest_retryable_at,
@@ -105,9 +108,11 @@ def _report_metadata(
         # What the stale-image sensor reads instead of opening 23,085 parquet files.
         "earliest_retryable_at": dg.MetadataValue.float(earliest_retryable_at or -1.0),
         "oldest_ok_at": dg.MetadataValue.float(oldest_ok_at or -1.0),
-        "images_dir_mtime": dg.MetadataValue.float(folder_mtime(folder) or -1.0),
-        "parquet": dg.MetadataValue.path(str(paths[0])),
-        "tsv": dg.MetadataValue.path(str(paths[1])),
+        # What the sensor compares to notice files added, deleted or replaced behind our back:
+        # the folder's mtime on a local disk, a digest of the listing on an object store.
+        "images_stamp": dg.MetadataValue.float(_or_minus_one(store.stamp(folder))),
+        "parquet": stored_at(store, layout.status_parquet(shard)),
+        "tsv": stored_at(store, layout.status_tsv(shard)),
     }
 
 
@@ -148,53 +153,69 @@ def download_images(
 ):
     settings = image_downloader.settings()
     shards = run_shards(context)
+    store = storage.store()
     # One run at a time per shard, dead runs cleaned up first; a full disk says so.
     with (
         run_health.guard(context, [shard for _, shard in shards]),
-        disk_full_fails_clearly(storage.root, shards),
+        disk_full_fails_clearly(store, shards),
     ):
         for key, shard in shards:
-            refs = list(iter_image_refs(storage.raw_docs_path(shard)))
-            previous = read_status(storage.root, shard)
-            targets = None
-            if config.only_stale and previous is not None:
-                targets = stale_targets(
-                    previous,
-                    data_dir=storage.root,
-                    now=datetime.now(UTC),
-                    retry_cooldown=staleness.retry_cooldown,
-                    max_age=staleness.max_age,
-                )
-                context.log.info(f"shard {shard}: {len(targets)} stale image(s) to re-download")
+            raw, folder = layout.raw_docs(shard), layout.images_folder(shard)
+            with store.inputs([raw, layout.status_parquet(shard)]) as work:
+                refs = list(iter_image_refs(work / raw))
+                previous = read_status(work, shard)
+                # On an object store, one listing of the shard's images stands in for the disk.
+                sync = ImageSync(store, work, shard) if store.remote else None
+                stored = sync.stored if sync is not None else None
+                targets = None
+                if config.only_stale and previous is not None:
+                    targets = stale_targets(
+                        previous,
+                        data_dir=work,
+                        now=datetime.now(UTC),
+                        retry_cooldown=staleness.retry_cooldown,
+                        max_age=staleness.max_age,
+                        stored_sizes=stored,
+                    )
+                    context.log.info(f"shard {shard}: {len(targets)} stale image(s) to re-download")
+                if sync is not None and (adopted := sync.adopt_unrecorded(previous)):
+                    context.log.info(
+                        f"shard {shard}: {adopted} stored image(s) no status row vouches for "
+                        "(a killed run's uploads) fetched to be checked, not downloaded again"
+                    )
 
-            def report(progress: ProgressInfo, shard: int = shard) -> None:
-                context.log.info(
-                    f"shard {shard}: {progress.done}/{progress.total} images, "
-                    f"{progress.outcomes.get('ok', 0)} ok, "
-                    f"{progress.images_per_second:.1f} images/s"
-                )
+                def report(progress: ProgressInfo, shard: int = shard) -> None:
+                    context.log.info(
+                        f"shard {shard}: {progress.done}/{progress.total} images, "
+                        f"{progress.outcomes.get('ok', 0)} ok, "
+                        f"{progress.images_per_second:.1f} images/s"
+                    )
 
-            started = time.monotonic()
-            table = download_shard(
-                refs,
-                data_dir=storage.root,
-                shard=shard,
-                settings=settings,
-                previous=previous,
-                targets=targets,
-                progress=report,
-            )
-            wall = time.monotonic() - started
-            paths = write_status(table, storage.root, shard)
+                started = time.monotonic()
+                with sync.uploading() if sync is not None else contextlib.nullcontext():
+                    table = download_shard(
+                        refs,
+                        data_dir=work,
+                        shard=shard,
+                        settings=settings,
+                        previous=previous,
+                        targets=targets,
+                        progress=report,
+                        held=stored,
+                    )
+                wall = time.monotonic() - started
+                write_status(table, work, shard)
+                if sync is not None:
+                    sync.finish(table)
             summary = summarize(table)
             attempted = len(refs) if targets is None else len(targets)
             context.add_asset_metadata(
-                _images_metadata(summary, attempted, wall, storage.images_dir(shard)),
+                _images_metadata(summary, attempted, wall, stored_at(store, folder)),
                 asset_key=DOWNLOADED_IMAGES,
                 partition_key=key,
             )
             context.add_asset_metadata(
-                _report_metadata(table, summary, staleness, storage.images_dir(shard), paths),
+                _report_metadata(table, summary, staleness, store, shard),
                 asset_key=STATUS_REPORT,
                 partition_key=key,
             )

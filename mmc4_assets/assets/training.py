@@ -9,12 +9,15 @@ from mmc4_assets.assets.common import (
     disk_full_fails_clearly,
     rounded,
     run_shards,
+    stored_at,
 )
 from mmc4_assets.assets.images import STATUS_REPORT
 from mmc4_assets.corpus.status import read_status
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import CorpusStorage, TrainingShardSettings
 from mmc4_assets.run_health import RunHealth
+from mmc4_assets.storage import layout
+from mmc4_assets.storage.publish import publish_training
 from mmc4_assets.training.packing import PackResult, pack_shard
 from mmc4_assets.training.samples import LEFT_OUT_REASONS
 
@@ -26,7 +29,7 @@ def _parts_table(result: PackResult) -> str:
     return "| tar | samples | bytes |\n|---|---|---|\n" + ("\n".join(rows) or "| none | 0 | 0 |")
 
 
-def _metadata(result: PackResult, wall: float) -> dict:
+def _metadata(result: PackResult, wall: float, sizes: dg.MetadataValue) -> dict:
     stats = result.stats
     return {
         "samples": stats.samples,
@@ -44,7 +47,7 @@ def _metadata(result: PackResult, wall: float) -> dict:
         "tars": dg.MetadataValue.md(_parts_table(result)),
         "documents_per_second": rounded(stats.documents / wall if wall else 0.0),
         "wall_seconds": rounded(wall, 2),
-        "sizes": dg.MetadataValue.path(str(result.sizes_path)),
+        "sizes": sizes,
     }
 
 
@@ -66,27 +69,36 @@ def training_shards(
 ) -> None:
     limits = training_shard_settings.limits()
     shards = run_shards(context)
+    store = storage.store()
     # One run at a time per shard, dead runs cleaned up first; a full disk says so.
     with (
         run_health.guard(context, [shard for _, shard in shards]),
-        disk_full_fails_clearly(storage.root, shards),
+        disk_full_fails_clearly(store, shards),
     ):
         for key, shard in shards:
-            docs = storage.reassigned_docs_path(shard)
-            status = read_status(storage.root, shard)
-            if status is None or not docs.exists():
-                missing = docs if not docs.exists() else storage.status_parquet_path(shard)
-                raise dg.Failure(
-                    f"shard {shard}: {missing} does not exist; materialize reassigned_docs and "
-                    "status_report for this shard first"
-                )
-            started = time.monotonic()
-            result = pack_shard(docs, status, storage.root, shard, limits)
-            wall = time.monotonic() - started
+            docs = layout.reassigned_docs(shard)
+            with store.inputs([docs, layout.status_parquet(shard)]) as work:
+                status = read_status(work, shard)
+                if status is None or not (work / docs).exists():
+                    missing = docs if not (work / docs).exists() else layout.status_parquet(shard)
+                    raise dg.Failure(
+                        f"shard {shard}: {store.url(missing)} does not exist; materialize "
+                        "reassigned_docs and status_report for this shard first"
+                    )
+                if store.remote:  # the images to embed, in one batched download
+                    stored = store.listing(layout.images_folder(shard))
+                    wanted = status.loc[status["outcome"] == "ok", "path"].dropna().astype(str)
+                    store.fetch(work, sorted(set(wanted) & set(stored)), known=True)
+                started = time.monotonic()
+                result = pack_shard(work / docs, status, work, shard, limits)
+                wall = time.monotonic() - started
+                if store.remote:
+                    names = [part.name for part in result.parts]
+                    result.removed_parts += publish_training(store, work, shard, names)
             stats = result.stats
             context.log.info(
                 f"shard {shard}: {stats.samples} samples with {stats.images_embedded} images in "
-                f"{len(result.parts)} tar(s) under {storage.webdataset_dir()}; "
+                f"{len(result.parts)} tar(s) under {store.url(layout.webdataset_folder())}; "
                 f"{sum(stats.left_out.values())} document(s) left out {dict(stats.left_out)}"
             )
             if stats.images_missing or stats.images_not_matching_status:
@@ -95,4 +107,5 @@ def training_shards(
                     f"have no file, {stats.images_not_matching_status} status row(s) name another "
                     "image; rerun download_images for this shard"
                 )
-            context.add_asset_metadata(_metadata(result, wall), partition_key=key)
+            sizes = stored_at(store, layout.training_sizes(shard))
+            context.add_asset_metadata(_metadata(result, wall, sizes), partition_key=key)

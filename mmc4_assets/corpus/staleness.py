@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -74,8 +75,12 @@ def stale_targets(
     now: datetime,
     retry_cooldown: timedelta,
     max_age: timedelta,
+    stored_sizes: Mapping[str, int] | None = None,
 ) -> set[tuple[int, int]]:
-    """(doc, index) of every stale image of one shard's status table."""
+    """(doc, index) of every stale image of one shard's status table.
+
+    ``stored_sizes`` ({relative path: size}, a listing of an object store) replaces the files
+    under ``data_dir``: an ok image is intact when its object exists with the recorded size."""
     fetched = _fetched_at(table)
     due_retry = retryable_mask(table) & (fetched + retry_cooldown <= now)
     is_ok = table["outcome"] == "ok"
@@ -83,14 +88,12 @@ def stale_targets(
     due = table.loc[due_retry | too_old]
     targets = set(zip(due["doc"], due["index"], strict=True))
     for row in table.loc[is_ok & ~too_old].itertuples(index=False):
-        if pd.isna(row.path) or not file_is_intact(data_dir / row.path, row.bytes, row.sha256):
+        if pd.isna(row.path):
+            intact = False
+        elif stored_sizes is not None:
+            intact = pd.notna(row.bytes) and stored_sizes.get(row.path) == int(row.bytes)
+        else:
+            intact = file_is_intact(data_dir / row.path, row.bytes, row.sha256)
+        if not intact:
             targets.add((row.doc, row.index))
     return {(int(doc), int(index)) for doc, index in targets}
-
-
-def folder_mtime(folder: Path) -> float | None:
-    """A folder's modification time: it moves whenever a file in it is added, renamed or deleted."""
-    try:
-        return os.stat(folder).st_mtime
-    except OSError:
-        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -238,8 +239,11 @@ def retryable_mask(table: pd.DataFrame) -> pd.Series:
     return table["outcome"].isin(RETRYABLE_OUTCOMES) | server_error.fillna(False)
 
 
-def check_status(table: pd.DataFrame, refs, data_dir: str | Path) -> list[str]:
-    """Problems with a status table: each ref exactly one row, every ok row's file present."""
+def check_status(
+    table: pd.DataFrame, refs, data_dir: str | Path, stored: Collection[str] | None = None
+) -> list[str]:
+    """Problems with a status table: each ref exactly one row, every ok row's file present (in
+    ``stored``, the relative paths an object store lists, when given)."""
     problems: list[str] = []
     keys = Counter(zip(table["doc"].astype(int), table["index"].astype(int), strict=True))
     expected = {(int(ref.doc), int(ref.index)) for ref in refs}
@@ -258,6 +262,7 @@ def check_status(table: pd.DataFrame, refs, data_dir: str | Path) -> list[str]:
     root = Path(data_dir)
     for _, row in table[table["outcome"] == "ok"].iterrows():
         path = row["path"]
-        if pd.isna(path) or not (root / str(path)).is_file():
+        present = stored is not None and str(path) in stored
+        if pd.isna(path) or not (present or (stored is None and (root / str(path)).is_file())):
             problems.append(f"ok image {row['doc']}.{row['index']} has no file ({path})")
     return problems

@@ -8,7 +8,7 @@ run outlives its images' deadlines.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from ..fetching.urls import InvalidUrl, check_url, host_of
 from ..refs import ImageRef
 from ..settings import DownloadSettings, tls_context
 from ..storing.names import NameAllocator, contained_path
-from ..storing.store import ImageJob, check_local_copy, failure_row, remove_file
+from ..storing.store import ImageJob, check_local_copy, failure_row, held_copy, remove_file
 from .fetch_loop import FetchLoop, ProgressInfo, tune_malloc
 from .fetch_workers import fetch_in_workers, share_of, split_by_host, worker_count
 
@@ -46,6 +46,7 @@ def download_shard(
     targets: set[tuple[int, int]] | None = None,
     progress: Callable[[ProgressInfo], None] | None = None,
     progress_interval: float = 2.0,
+    held: Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
     """Download the shard's images into ``data_dir/images/{shard}``; return its status table.
 
@@ -53,11 +54,14 @@ def download_shard(
     or rebuilt from the file). ``previous`` defaults to the shard's status file, if any. With
     ``targets``, only those (doc, index) images are attempted (conditionally when we hold a valid
     copy with validators); every other image keeps its previous row. Raises CaBundleError at
-    once when ``settings.ca_bundle`` cannot be used.
+    once when ``settings.ca_bundle`` cannot be used. ``held`` ({relative path: size}, a listing
+    of the shard's stored objects) stands in for the disk when the data folder is an object
+    store: an image whose previous row is ok with that path and size is held, not fetched.
     """
     tls_context(settings.ca_bundle)  # an unusable CA bundle stops the run before any work
     tune_malloc()
     run = _ShardRun(int(shard), settings, progress, progress_interval)
+    run.held = held
     if previous is None:
         previous = read_status(data_dir, shard)
     folder = Path(data_dir) / "images" / str(shard)
@@ -69,6 +73,7 @@ class _ShardRun(FetchLoop):
 
     def __init__(self, shard, settings, progress, progress_interval) -> None:
         super().__init__(shard, settings, progress, progress_interval)
+        self.held: Mapping[str, int] | None = None  # stored objects, when not on this disk
         self.rows: list[tuple | None] = []
 
     # -- planning ---------------------------------------------------------------------------
@@ -111,11 +116,16 @@ class _ShardRun(FetchLoop):
 
     def _check_local_copies(self, jobs, pool, *, refresh: bool) -> list[ImageJob]:
         """Carry over valid files (full mode) or prepare conditional refreshes (targets mode)."""
-        on_disk = [job for job in jobs if job.path.is_file()]
+        held = self.held
+        on_disk = [
+            job for job in jobs if job.path.is_file() or (held is not None and job.relpath in held)
+        ]
         if not on_disk:
             return jobs
 
         def check(job: ImageJob) -> dict | None:
+            if held is not None and job.relpath in held and not job.path.is_file():
+                return held_copy(job, held[job.relpath])
             return check_local_copy(job, self.settings, self.shard)
 
         verdicts = dict(zip(map(id, on_disk), pool.map(check, on_disk), strict=True))

@@ -128,6 +128,21 @@ def check_local_copy(job: ImageJob, settings: DownloadSettings, shard: int) -> d
     return row
 
 
+def held_copy(job: ImageJob, size: int) -> dict | None:
+    """The previous ok row of an image stored elsewhere (an object store), when the stored object
+    is the one that row describes: same path, same size. Nothing is read."""
+    old = job.previous
+    if (
+        old is not None
+        and old["outcome"] == "ok"
+        and old.get("path") == job.relpath
+        and old.get("bytes") is not None
+        and int(old["bytes"]) == int(size)
+    ):
+        return old
+    return None
+
+
 def store_body(job: ImageJob, result: FetchResult, settings: DownloadSettings, shard: int) -> dict:
     """Validate and shrink a fetched body, write it, and return its row (CPU: a decode thread)."""
     body = result.body or b""
