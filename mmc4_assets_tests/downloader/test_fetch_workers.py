@@ -51,9 +51,7 @@ def test_hosts_are_split_whole_and_balanced():
     hosts = [{j.host for j in group} for group in groups]
     assert hosts[0].isdisjoint(hosts[1])
     assert sorted(len(group) for group in groups) == [11, 11]
-    assert sorted(j.position for group in groups for j in group) == sorted(
-        j.position for j in jobs
-    )
+    assert sorted(j.position for group in groups for j in group) == sorted(j.position for j in jobs)
 
 
 def test_auto_uses_one_process_per_cpu_only_for_shards_worth_it():
