@@ -54,10 +54,10 @@ def test_hosts_are_split_whole_and_balanced():
     assert sorted(j.position for group in groups for j in group) == sorted(j.position for j in jobs)
 
 
-def test_auto_uses_one_process_more_than_the_cpus_only_for_shards_worth_it():
+def test_auto_uses_two_processes_per_cpu_only_for_shards_worth_it():
     auto = dataclasses.replace(SETTINGS, fetch_processes=0)
     assert worker_count(auto, 10) == 1
-    assert worker_count(auto, 100_000) == (os.cpu_count() or 1) + 1
+    assert worker_count(auto, 100_000) == 2 * (os.cpu_count() or 1)
     assert worker_count(SETTINGS, 10) == 2
     assert worker_count(dataclasses.replace(SETTINGS, fetch_processes=1), 100_000) == 1
 

@@ -28,10 +28,9 @@ from ..storing.store import ImageJob
 
 # Images to fetch below which one process does it: a worker costs ~0.5 s of imports.
 MIN_IMAGES_PER_WORKER = 100
-# A process's loop (TLS, HTTP) and its decoder share one GIL, so one process per CPU leaves the
-# CPUs part idle on a web of many TLS hosts; one more than the CPUs fills them within the memory
-# goal, where two per CPU bought no more speed (benchmarks/README.md).
-EXTRA_PROCESSES = 1
+# A process's loop (TLS, HTTP) and its decoder share one GIL, and each keeps about half a core
+# busy on a web of many TLS hosts: two per CPU fill the CPUs (measured: benchmarks/README.md).
+PROCESSES_PER_CPU = 2
 _FLUSH_ROWS, _FLUSH_SECONDS = 64, 0.25
 
 
@@ -43,7 +42,7 @@ def worker_count(settings: DownloadSettings, images: int) -> int:
     """How many fetch processes a shard with ``images`` to fetch gets (1: in-process)."""
     if settings.fetch_processes:
         return max(1, min(settings.fetch_processes, images))
-    wanted = (os.cpu_count() or 1) + EXTRA_PROCESSES
+    wanted = PROCESSES_PER_CPU * (os.cpu_count() or 1)
     return max(1, min(wanted, images // MIN_IMAGES_PER_WORKER))
 
 
