@@ -53,6 +53,7 @@ from mmc4_assets.partitions import shard_partitions  # noqa: E402
 from mmc4_assets.resources import CorpusStorage, StalenessPolicy  # noqa: E402
 from mmc4_assets.sensors import stale_images_sensor  # noqa: E402
 from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids  # noqa: E402
+from mmc4_assets.storage import layout  # noqa: E402
 
 DAY = 86_400.0
 
@@ -250,7 +251,6 @@ def full_lap(
 
 def parts(instance: dg.DagsterInstance, data_dir: Path, chunk: int) -> dict[str, float]:
     """Where a tick's time goes: the per-partition query, the event fetch, the folder stats."""
-    storage = CorpusStorage(data_dir=str(data_dir))
     started = time.perf_counter()
     latest = latest_storage_ids(instance, STATUS_REPORT)
     t_latest = time.perf_counter() - started
@@ -260,7 +260,7 @@ def parts(instance: dg.DagsterInstance, data_dir: Path, chunk: int) -> dict[str,
     t_fetch = time.perf_counter() - started
     started = time.perf_counter()
     for record in records:
-        os.stat(storage.images_dir(int(record.partition)))
+        os.stat(data_dir / layout.images_folder(int(record.partition)))
     t_stat = time.perf_counter() - started
     return {"latest_storage_ids_s": t_latest, "fetch_records_s": t_fetch, "stat_s": t_stat}
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from mmc4_assets.corpus.status import status_parquet_path
 from mmc4_assets.downloader import DownloadSettings
 from mmc4_assets.storage import DataStore, open_store
-from mmc4_assets.training.files import webdataset_dir
 from mmc4_assets.training.packing import PartLimits
 
 
@@ -41,29 +38,6 @@ class CorpusStorage(dg.ConfigurableResource):
     def store(self) -> DataStore:
         """Where outputs are read and written: the local folder, or the object store."""
         return open_store(self.location)
-
-    @property
-    def root(self) -> Path:
-        """The local data folder (the path helpers below need a local root)."""
-        store = self.store()
-        if store.remote:
-            raise ValueError(f"MMC4_DATA_DIR={self.location} is not a local folder")
-        return store.root
-
-    def raw_docs_path(self, shard: int) -> Path:
-        return self.root / "raw_docs" / f"{shard}.jsonl"
-
-    def reassigned_docs_path(self, shard: int) -> Path:
-        return self.root / "reassigned_docs" / f"{shard}.jsonl"
-
-    def images_dir(self, shard: int) -> Path:
-        return self.root / "images" / str(shard)
-
-    def status_parquet_path(self, shard: int) -> Path:
-        return status_parquet_path(self.root, shard)
-
-    def webdataset_dir(self) -> Path:
-        return webdataset_dir(self.root)
 
 
 class ShardSource(dg.ConfigurableResource):
