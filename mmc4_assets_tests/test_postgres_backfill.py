@@ -115,6 +115,17 @@ def write_shards(folder, shards: list[str], image_base_url: str) -> None:
 
 
 @pytest.mark.timeout(900)
+def assert_backfills_succeeded(stack: Stack, backfills: dict[str, dict]) -> None:
+    """Every backfill completed; otherwise the failure names each failed run's reason."""
+    for backfill in backfills.values():
+        failures = "\n".join(
+            run_failure_details(stack, run["runId"])
+            for run in backfill["runs"]
+            if run["status"] != "SUCCESS"
+        )
+        assert backfill["status"] == "COMPLETED_SUCCESS", f"{backfill}\n{failures}"
+
+
 def test_ui_backfills_run_in_parallel_within_the_queue_limits(
     postgres_home, postgres_instance, tmp_path, shard_folder, docs_server, image_web
 ):
@@ -137,13 +148,7 @@ def test_ui_backfills_run_in_parallel_within_the_queue_limits(
         # picks both backfills up at once.
         stack.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"])
         backfills = wait_for_backfills(stack, [docs_backfill, download_backfill])
-        for backfill in backfills.values():
-            failures = "\n".join(
-                run_failure_details(stack, run["runId"])
-                for run in backfill["runs"]
-                if run["status"] != "SUCCESS"
-            )
-            assert backfill["status"] == "COMPLETED_SUCCESS", f"{backfill}\n{failures}"
+        assert_backfills_succeeded(stack, backfills)
 
     records = postgres_instance.get_run_records()
     by_backfill = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import requests
 
 from mmc4_assets.corpus.shards import ALL_SHARDS
+from mmc4_assets_tests.servers.process import free_port
 
 BIN = Path(sys.executable).parent
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -82,12 +82,6 @@ query RunLogs($runId: ID!) {
   }
 }
 """
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -206,7 +200,7 @@ def running_stack(home_env: dict[str, str], tmp_path: Path, docs_url: str) -> It
         "PYTHONUNBUFFERED": "1",
         "VIRTUAL_ENV": sys.prefix,  # dg checks that the project's venv is the active one
     }
-    stack = Stack(port=_free_port(), data_dir=tmp_path / "data", env=env, log_dir=tmp_path)
+    stack = Stack(port=free_port(), data_dir=tmp_path / "data", env=env, log_dir=tmp_path)
     try:
         yield stack
     finally:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from mmc4_assets.corpus.status import check_status
-from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
+from mmc4_assets.downloader import ProgressInfo, download_shard
 from mmc4_assets.downloader.refs import ImageRef
 from mmc4_assets.downloader.scheduling.fetch_workers import (
     WorkerFailed,
@@ -23,19 +23,11 @@ from mmc4_assets.downloader.scheduling.fetch_workers import (
     worker_count,
 )
 from mmc4_assets.downloader.storing.store import ImageJob
-from mmc4_assets_tests.downloader.local_server import image_bytes, refusing_url, send
+from mmc4_assets_tests.downloader.local_server import refusing_url, send
+from mmc4_assets_tests.downloader.test_shard_run import BIG, SMALL
+from mmc4_assets_tests.downloader.test_shard_run import SETTINGS as SHARD_RUN_SETTINGS
 
-SETTINGS = DownloadSettings(
-    allow_private_networks=True,
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    total_deadline=2.0,
-    backoff_base=0.05,
-    backoff_max=0.1,
-    fetch_processes=2,
-)
-SMALL = image_bytes(500, 300)
-BIG = image_bytes(2000, 1000)
+SETTINGS = dataclasses.replace(SHARD_RUN_SETTINGS, fetch_processes=2)
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 

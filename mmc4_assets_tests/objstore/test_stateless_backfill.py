@@ -25,7 +25,9 @@ import pytest
 from mmc4_assets.sensors import STALE_RUN_CONFIG
 from mmc4_assets.storage import open_store
 from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.servers.process import free_port
 from mmc4_assets_tests.test_postgres_backfill import (
+    assert_backfills_succeeded,
     launch_backfill,
     most_at_once,
     wait_for_backfills,
@@ -34,8 +36,6 @@ from mmc4_assets_tests.test_postgres_backfill import (
 from mmc4_assets_tests.test_webserver import (
     BIN,
     Stack,
-    _free_port,
-    run_failure_details,
     wait_for_server,
 )
 
@@ -102,7 +102,7 @@ def test_backfill_runs_share_only_postgres_and_the_bucket(
     logs.mkdir()
     # Three download runs side by side, as on a bigger machine.
     postgres_instance.event_log_storage.set_concurrency_slots("mmc4_download", 3)
-    stack = EmptyDirStack(port=_free_port(), data_dir=empty, env=env, log_dir=logs, cwd=empty)
+    stack = EmptyDirStack(port=free_port(), data_dir=empty, env=env, log_dir=logs, cwd=empty)
     try:
         serve = ["-m", "mmc4_assets"]
         stack.start(
@@ -115,13 +115,7 @@ def test_backfill_runs_share_only_postgres_and_the_bucket(
         stack.start("daemon", [str(BIN / "dagster-daemon"), "run", *serve])
         done = wait_for_backfills(stack, backfills)
         wall = time.monotonic() - started
-        for backfill in done.values():
-            failures = "\n".join(
-                run_failure_details(stack, run["runId"])
-                for run in backfill["runs"]
-                if run["status"] != "SUCCESS"
-            )
-            assert backfill["status"] == "COMPLETED_SUCCESS", f"{backfill}\n{failures}"
+        assert_backfills_succeeded(stack, done)
     finally:
         stack.stop()
 

@@ -14,7 +14,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import psycopg2
 from psycopg2 import sql
+
+from mmc4_assets_tests.servers.process import ManagedServer, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_DAGSTER_YAML = PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml"
@@ -92,13 +93,7 @@ def postgres_bin_dir() -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PostgresServer:
+class PostgresServer(ManagedServer):
     """One PostgreSQL cluster in a temporary folder; a context manager that always cleans up."""
 
     def __init__(self, user: str = "mmc4"):
@@ -110,17 +105,6 @@ class PostgresServer:
         self._run_as: dict = {}
 
     # ------------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="mmc4-postgres-"))

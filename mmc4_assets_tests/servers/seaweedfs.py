@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 import requests
+
+from mmc4_assets_tests.servers.process import ManagedServer, free_ports
 
 WEED = Path(sys.executable).parent / "weed"
 START_TIMEOUT = 60.0
@@ -41,20 +42,7 @@ PORT_FLAGS = (
 )
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-class SeaweedS3:
+class SeaweedS3(ManagedServer):
     """One `weed mini` in a temporary folder; a context manager that always cleans up."""
 
     def __init__(self) -> None:
@@ -79,17 +67,6 @@ class SeaweedS3:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
-    def __enter__(self) -> SeaweedS3:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
     def start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="mmc4-seaweedfs-"))
         (self.folder / "data").mkdir()
@@ -103,7 +80,7 @@ class SeaweedS3:
             ]
         }
         (self.folder / "s3.json").write_text(json.dumps(config))
-        self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
+        self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
         command = [
             str(WEED),
             "mini",
