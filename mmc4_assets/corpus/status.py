@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmc4_assets.storage import layout
+
 from .atomic import atomic_write
 
 OUTCOMES: tuple[str, ...] = (
@@ -83,11 +85,11 @@ REFERENCE_TSV_COLUMNS = ["file", "folder", "local_identifier", "mimetype", "size
 
 
 def status_parquet_path(data_dir: str | Path, shard: int) -> Path:
-    return Path(data_dir) / "status" / f"{int(shard)}.parquet"
+    return Path(data_dir) / layout.status_parquet(shard)
 
 
 def status_tsv_path(data_dir: str | Path, shard: int) -> Path:
-    return Path(data_dir) / "status" / f"{int(shard)}.tsv.gz"
+    return Path(data_dir) / layout.status_tsv(shard)
 
 
 def normalize_status(table: pd.DataFrame | list[dict]) -> pd.DataFrame:

@@ -3,7 +3,7 @@ them: a store joins them to its root or its URL."""
 
 from __future__ import annotations
 
-from mmc4_assets.training.files import part_name
+import re
 
 
 def raw_docs(shard: int) -> str:
@@ -28,6 +28,17 @@ def status_tsv(shard: int) -> str:
 
 def webdataset_folder() -> str:
     return "webdataset"
+
+
+def part_name(shard: int, part: int) -> str:
+    """`{shard}-{part}.tar`, parts numbered 000, 001, ..."""
+    return f"{int(shard)}-{int(part):03d}.tar"
+
+
+def part_number(shard: int, name: str) -> int | None:
+    """The part number of ``name`` if it is one of the shard's tars, else None."""
+    match = re.fullmatch(rf"{int(shard)}-(\d{{3,}})\.tar", name)
+    return int(match.group(1)) if match else None
 
 
 def training_part(shard: int, part: int) -> str:

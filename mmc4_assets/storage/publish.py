@@ -3,7 +3,6 @@ shard: tars before the sizes file that lists them (images and status tables: ima
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from mmc4_assets.storage import layout
@@ -12,10 +11,10 @@ from mmc4_assets.storage.datastore import DataStore
 
 def stored_parts(store: DataStore, shard: int) -> list[str]:
     """The shard's training tars in the store now (whatever build left them)."""
-    pattern = re.compile(rf"{int(shard)}-(\d{{3,}})\.tar")
-    folder = layout.webdataset_folder()
-    found = store.listing(folder, prefix=f"{int(shard)}-")
-    return sorted(rel for rel in found if pattern.fullmatch(rel.rsplit("/", 1)[-1]))
+    found = store.listing(layout.webdataset_folder(), prefix=f"{int(shard)}-")
+    return sorted(
+        rel for rel in found if layout.part_number(shard, rel.rsplit("/", 1)[-1]) is not None
+    )
 
 
 def publish_training(store: DataStore, work: Path, shard: int, part_names: list[str]) -> list[str]:

@@ -16,10 +16,10 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
+from mmc4_assets.storage.layout import part_name
 from mmc4_assets.training.files import (
     existing_parts,
     open_for_write,
-    part_name,
     part_path,
     remove,
     sizes_path,
