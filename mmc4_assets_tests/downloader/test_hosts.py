@@ -37,3 +37,17 @@ def test_a_due_retry_goes_before_any_backlog():
     queue.promote(now=10.0)
     assert queue.take() is retry
     assert queue.waiting_for("small") == 0 and queue.total_waiting == 4
+
+
+def test_only_a_long_backlog_starts_while_the_decoders_are_behind():
+    queue = HostQueue(per_host=2)
+    for number in range(6):
+        queue.add(job("big", number))
+    queue.add(job("small", 10))
+    assert [queue.take(min_backlog=4).host for _ in range(2)] == ["big", "big"]
+    assert queue.take(min_backlog=4) is None  # big is at its limit; small's one image waits
+    assert queue.take().host == "small"  # until the decoders catch up
+    queue.release("big")
+    assert queue.take(min_backlog=4).host == "big"  # four were waiting
+    queue.release("big")
+    assert queue.take(min_backlog=4) is None and queue.waiting_for("big") == 3

@@ -17,6 +17,8 @@ from mmc4_assets.corpus.status import check_status, write_status
 from mmc4_assets.devtools.loopback_web import bomb_png
 from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
 from mmc4_assets.downloader.refs import ImageRef
+from mmc4_assets.downloader.scheduling.fetch_loop import FetchLoop
+from mmc4_assets.downloader.storing.store import ImageJob
 from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, send
 
 SETTINGS = DownloadSettings(
@@ -348,3 +350,45 @@ def test_bytes_in_flight_bound_the_requests_started(server, tmp_path: Path):
     assert (table.outcome == "ok").all()
     # Room for two bodies (and a first guess of 256 KB each): never more than two requests.
     assert 1 <= s.max_active <= 2
+
+
+class _Rows(FetchLoop):
+    def __init__(self, settings: DownloadSettings) -> None:
+        super().__init__(0, settings)
+        self.rows: dict[int, dict] = {}
+
+    def keep(self, position: int, row: dict) -> None:
+        self.rows[position] = row
+
+
+def test_bytes_bound_holds_while_the_decoders_are_behind(server, tmp_path: Path):
+    # Photo-like bodies that take a decoder far longer than loopback takes to send them, all on
+    # one host: the run's critical path, whose requests go on while the decoders are behind.
+    noise = Image.frombytes("RGB", (1200, 1200), os.urandom(1200 * 1200 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, format="JPEG", quality=90)
+    body = buffer.getvalue()
+    count = 40
+    s = server({f"/{i}.jpg": (lambda h: send(h, 200, body)) for i in range(count)})
+    budget = 3 * len(body)
+    settings = DownloadSettings(
+        **{
+            **vars(SETTINGS),
+            "total_deadline": 60.0,
+            "max_bytes": 10 * len(body),
+            "max_concurrency": 8,
+            "per_host": 4,
+            "decode_workers": 1,
+            "max_bytes_in_flight": budget,
+        }
+    )
+    jobs = []
+    for i in range(count):
+        ref = ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg"))
+        jobs.append(ImageJob(i, ref, ref.image_name, tmp_path / ref.image_name, "", None, "h"))
+    run = _Rows(settings)
+    run.fetch_here(jobs)
+    assert [run.rows[i]["outcome"] for i in range(count)] == ["ok"] * count
+    # Bodies are held up to the bound (plus what requests in flight bring beyond the mean
+    # body's first guess), never the whole backlog waiting for the decoder.
+    assert len(body) <= run.peak_held_bytes <= budget + 2 * len(body)

@@ -4,15 +4,22 @@ One event loop runs every request (hundreds in flight cost a coroutine and a soc
 latency is hidden by numbers, not threads); a small thread pool decodes and writes, since Pillow
 releases the GIL. Memory is bounded by body bytes: a new request starts only while the bytes
 being received or waiting for a decoder, plus a mean body for each request in flight, stay
-within ``max_bytes_in_flight`` (one request may always run). A host queue keeps every host
-within ``per_host`` requests, busiest hosts first; a retry waits in a timed queue rather than in
-a slot; a per-host breaker ends the images of hosts that refuse or never answer. No pandas here:
-fetch worker processes import this module and nothing heavier.
+within ``max_bytes_in_flight`` (one request may run when nothing else is held). A host queue
+keeps every host within ``per_host`` requests, busiest hosts first; a retry waits in a timed
+queue rather than in a slot; a per-host breaker ends the images of hosts that refuse or never
+answer.
+
+When the decoders fall behind (the CPU is the limit), new requests wait, except for a host whose
+backlog is the run's critical path: a host can go no faster than ``per_host`` at a time, so one
+with many images left must keep its slots busy or the run ends waiting for it alone.
+
+No pandas here: fetch worker processes import this module and nothing heavier.
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import gc
 import os
 import threading
@@ -42,20 +49,25 @@ class ProgressInfo:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-_malloc_tuned = False
+# asyncio gives every TLS connection a read buffer of this size (256 KB by default, allocated
+# and zeroed whether used or not): 64 connections held 16 MB. TLS records are 16 KB at most.
+_TLS_READ_BUFFER = 32 * 1024
+_memory_tuned = False
 
 
-def tune_malloc() -> None:
-    """Keep glibc from hoarding freed image buffers across threads (Linux only).
+def tune_memory() -> None:
+    """Make this process hold less memory per body and per connection (Linux glibc).
 
     Threads allocating and freeing bodies of a few hundred KB make glibc grow one arena per
     thread and raise its mmap threshold, so freed memory is kept, not returned. A fixed 64 KB
     mmap threshold (bodies and pixels go straight back to the OS) and four arenas keep it flat.
+    asyncio's per-connection TLS read buffer shrinks from 256 KB to 32 KB.
     """
-    global _malloc_tuned
-    if _malloc_tuned:
+    global _memory_tuned
+    if _memory_tuned:
         return
-    _malloc_tuned = True
+    _memory_tuned = True
+    asyncio.sslproto.SSLProtocol.max_size = _TLS_READ_BUFFER
     try:
         import ctypes
 
@@ -65,6 +77,10 @@ def tune_malloc() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
     except (OSError, AttributeError):
         pass
+
+
+# Bodies waiting for each decoder before new requests wait (a few seconds of its work).
+_BACKLOG_PER_DECODER = 16
 
 
 class FetchLoop:
@@ -89,6 +105,7 @@ class FetchLoop:
         self._started = time.monotonic()
         cpus = os.cpu_count() or 2
         self._decoders = max(1, settings.decode_workers or cpus)
+        self.peak_held_bytes = 0  # the most body bytes held at once (max_bytes_in_flight's test)
 
     def keep(self, position: int, row: dict) -> None:
         """Keep the finished row of the image at ``position``."""
@@ -117,10 +134,8 @@ class FetchLoop:
         tasks: set[asyncio.Task] = set()
         fetching = 0
         decoding = 0  # bodies handed to the decoders and not done yet
-        # Bodies waiting for a decoder before new requests wait too. Generous: bytes bound the
-        # memory, and a tight gate idles the network in bursts (the run's busiest host, its
-        # critical path, then falls behind its per-host limit).
-        backlog = 64 * self._decoders
+        # Bodies waiting for a decoder before new requests wait too, but for the critical path.
+        backlog = _BACKLOG_PER_DECODER * self._decoders
         failure: list[BaseException] = []
 
         def done(task: asyncio.Task) -> None:
@@ -185,19 +200,18 @@ class FetchLoop:
                 while (queue.total_waiting or tasks) and not failure:
                     wake.clear()
                     queue.promote(loop.time())
-                    # New requests start while the decoders have little waiting for them (when the
-                    # CPU is the limit, more requests only make handshakes time out) and the
-                    # bytes bound allows.
-                    while (
-                        fetching < settings.max_concurrency
-                        and decoding < backlog
-                        and (
-                            fetching == 0
-                            or meter.held + (fetching + 1) * meter.mean_body
-                            <= settings.max_bytes_in_flight
-                        )
+                    # New requests start while the bytes bound allows and the decoders have little
+                    # waiting for them (when the CPU is the limit, more requests only make
+                    # handshakes time out), or for the critical path.
+                    while fetching < settings.max_concurrency and (
+                        (fetching == 0 and meter.held == 0)  # a body above the bound still runs
+                        or meter.held + (fetching + 1) * meter.mean_body
+                        <= settings.max_bytes_in_flight
                     ):
-                        job = queue.take()
+                        if decoding < backlog:
+                            job = queue.take()
+                        else:
+                            job = queue.take(critical_backlog(settings, queue.total_waiting))
                         if job is None:
                             break
                         skipped = breaker.open_reason(job.host)
@@ -237,6 +251,7 @@ class FetchLoop:
                     task.cancel()
                 if tasks:
                     await asyncio.gather(*tasks, return_exceptions=True)
+                self.peak_held_bytes = meter.peak
         if failure:
             raise failure[0]
 
@@ -264,13 +279,15 @@ class FetchLoop:
         self.progress(info)
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where installed (it halves the loop's own CPU per request), else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+def critical_backlog(settings: DownloadSettings, total_waiting: int) -> int:
+    """Images waiting on one host that make it the critical path while the decoders are behind.
+
+    A host holding more than ``per_host / max_concurrency`` of the remaining images would take
+    longer at ``per_host`` at a time than the rest at full concurrency; never fewer than two
+    rounds of its slots, so the hosts of a run's last few images are not all critical.
+    """
+    share = total_waiting * settings.per_host // max(1, settings.max_concurrency)
+    return max(2 * settings.per_host, share)
 
 
 def _run_on_new_loop(make: Callable) -> None:
@@ -278,7 +295,7 @@ def _run_on_new_loop(make: Callable) -> None:
     # collector's sight for its duration: full collections over them cost a tenth of the CPU.
     gc.freeze()
     try:
-        with asyncio.Runner(loop_factory=_new_loop) as runner:
+        with asyncio.Runner() as runner:
             runner.run(make())
     finally:
         gc.unfreeze()

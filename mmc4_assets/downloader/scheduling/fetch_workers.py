@@ -172,9 +172,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _serve() -> None:
-    from .fetch_loop import FetchLoop, tune_malloc  # heavy imports after the death pact
+    from .fetch_loop import FetchLoop, tune_memory  # heavy imports after the death pact
 
-    tune_malloc()
+    tune_memory()
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but messages may reach the pipe
     payload = pickle.load(sys.stdin.buffer)

@@ -57,14 +57,22 @@ class HostQueue:
     def next_retry_at(self) -> float | None:
         return self._delayed[0][0] if self._delayed else None
 
-    def take(self) -> ImageJob | None:
-        """The next image to start (its host's slot taken), or None if none may start now."""
+    def take(self, min_backlog: int = 0) -> ImageJob | None:
+        """The next image to start (its host's slot taken), or None if none may start now.
+
+        ``min_backlog``: only from the host first in line, and only if it has that many images
+        waiting (the run's critical path, which is kept going while the decoders are behind).
+        """
         while self._ready:
-            _, _, host = heapq.heappop(self._ready)
-            self._in_ready.discard(host)
+            host = self._ready[0][2]
             queue = self._pending.get(host)
-            if not queue or self._active[host] >= self._per_host:
-                continue
+            takeable = bool(queue) and self._active[host] < self._per_host
+            if takeable and len(queue) < min_backlog:
+                return None
+            heapq.heappop(self._ready)
+            self._in_ready.discard(host)
+            if not takeable:
+                continue  # a stale entry
             job = queue.popleft()
             self._active[host] += 1
             self._waiting[host] -= 1

@@ -22,7 +22,7 @@ from ..refs import ImageRef
 from ..settings import DownloadSettings, tls_context
 from ..storing.names import NameAllocator, contained_path
 from ..storing.store import ImageJob, check_local_copy, failure_row, held_copy, remove_file
-from .fetch_loop import FetchLoop, ProgressInfo, tune_malloc
+from .fetch_loop import FetchLoop, ProgressInfo, tune_memory
 from .fetch_workers import fetch_in_workers, share_of, split_by_host, worker_count
 
 __all__ = ["ProgressInfo", "download_shard"]
@@ -59,7 +59,7 @@ def download_shard(
     store: an image whose previous row is ok with that path and size is held, not fetched.
     """
     tls_context(settings.ca_bundle)  # an unusable CA bundle stops the run before any work
-    tune_malloc()
+    tune_memory()
     run = _ShardRun(int(shard), settings, progress, progress_interval)
     run.held = held
     if previous is None:
