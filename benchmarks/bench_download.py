@@ -338,6 +338,11 @@ def _ensure_img2dataset() -> None:
         subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_img2dataset.sh")], check=True)
 
 
+def _ensure_reference() -> None:
+    if not REFERENCE_PYTHON.exists() or shutil.which("mogrify") is None:
+        subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_reference.sh")], check=True)
+
+
 def bench_loopback_web(args, work: Path) -> dict[str, tuple[int, dict]]:
     """Ours, img2dataset and the reference on LoopbackWeb (few fast hosts, plain HTTP)."""
     from mmc4_assets.devtools.loopback_web import LoopbackWeb, build_benchmark_urls, warm_cache
@@ -372,11 +377,14 @@ def bench_loopback_web(args, work: Path) -> dict[str, tuple[int, dict]]:
                 min(len(entries), args.reference_images),
             ),
         ]
+        # Environments first: a missing one fails the run before anything is timed.
+        if not args.skip_img2dataset:
+            _ensure_img2dataset()
+        if not args.skip_reference:
+            _ensure_reference()
         for name, skip, run, attempted in tools:
             if skip:
                 continue
-            if name == "img2dataset":
-                _ensure_img2dataset()
             print(f"running {name} on {attempted} URLs ...", flush=True)
             folder = work / name
             folder.mkdir()
