@@ -23,10 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / ".bench" / "realweb-pool"
-IMG2DATASET_PYTHON = ROOT / ".bench" / "img2dataset" / "bin" / "python"
-MAX_SIDE = 800
 
 sys.path.insert(0, str(ROOT))
+
+from bench_download import IMG2DATASET_BIN, MAX_SIDE, _ensure_img2dataset  # noqa: E402
+
+IMG2DATASET_PYTHON = IMG2DATASET_BIN.with_name("python")
 
 # Runs in img2dataset's own environment; prints one JSON line.
 _IMG2DATASET_TIMER = r"""
@@ -67,8 +69,7 @@ def time_ours(paths: list[Path], rounds: int) -> dict:
 
 
 def time_img2dataset(paths: list[Path], rounds: int) -> dict:
-    if not IMG2DATASET_PYTHON.exists():
-        subprocess.run(["bash", str(ROOT / "benchmarks" / "setup_img2dataset.sh")], check=True)
+    _ensure_img2dataset()
     out = subprocess.run(
         [
             str(IMG2DATASET_PYTHON),

@@ -68,8 +68,9 @@ def disk_full_fails_clearly(store: DataStore, shards: list[tuple[str, int]]) -> 
             raise
         numbers = ", ".join(str(shard) for _, shard in shards)
         bigger = "MMC4_SCRATCH_DIR" if store.remote else "MMC4_DATA_DIR"
+        full = store.scratch_note()
         raise dg.Failure(
-            description=f"{store.scratch_note()[0].upper()}{store.scratch_note()[1:]} is full "
+            description=f"{full[:1].upper()}{full[1:]} is full "
             f"({error.strerror}) while writing shard(s) {numbers}. Files already written are "
             "complete and kept; no partial file is left under a final name. Free some space (or "
             f"point {bigger} at a bigger disk) and run again: what is already valid is not "

@@ -63,11 +63,12 @@ class ImageSync:
         stat = os.stat(self.work / rel)
         return stat.st_size, stat.st_mtime_ns
 
-    def _pending(self, only: set[str] | None = None) -> list[str]:
-        """Files under final names in scratch that differ from (or are not yet) their object."""
-        pending = []
+    def _pending(self, only: set[str] | None = None) -> dict[str, tuple[int, int]]:
+        """{rel: signature} of files under final names in scratch that differ from (or are not
+        yet) their object, in name order."""
+        pending = {}
         try:
-            entries = list(os.scandir(self.work / self.folder))
+            entries = sorted(os.scandir(self.work / self.folder), key=lambda entry: entry.name)
         except OSError:
             return pending
         for entry in entries:
@@ -75,19 +76,16 @@ class ImageSync:
             if entry.name.startswith(".") or (only is not None and rel not in only):
                 continue
             with contextlib.suppress(OSError):
-                if self._same.get(rel) != self._signature(rel):
-                    pending.append(rel)
-        return sorted(pending)
+                signature = self._signature(rel)
+                if self._same.get(rel) != signature:
+                    pending[rel] = signature
+        return pending
 
     def upload_pending(self, only: set[str] | None = None, *, drop_local: bool = False) -> int:
         """Upload what changed in scratch since the last pass; return how many objects. With
         ``drop_local``, uploaded files leave scratch (the engine never reads a file it wrote)."""
         with self._lock:
-            rels = self._pending(only)
-            signatures = {}
-            for rel in rels:
-                with contextlib.suppress(OSError):
-                    signatures[rel] = self._signature(rel)
+            signatures = self._pending(only)
             self.store.publish(self.work, list(signatures))
             self._same.update(signatures)
             if drop_local:

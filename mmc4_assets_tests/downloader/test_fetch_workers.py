@@ -22,18 +22,13 @@ from mmc4_assets.downloader.scheduling.fetch_workers import (
     split_by_host,
     worker_count,
 )
-from mmc4_assets.downloader.storing.store import ImageJob
 from mmc4_assets_tests.downloader.local_server import refusing_url, send
+from mmc4_assets_tests.downloader.test_hosts import job
 from mmc4_assets_tests.downloader.test_shard_run import BIG, SMALL
 from mmc4_assets_tests.downloader.test_shard_run import SETTINGS as SHARD_RUN_SETTINGS
 
 SETTINGS = dataclasses.replace(SHARD_RUN_SETTINGS, fetch_processes=2)
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-
-
-def job(host: str, position: int) -> ImageJob:
-    ref = ImageRef(position, 0, f"{position}.jpg", f"http://{host}/{position}.jpg")
-    return ImageJob(position, ref, ref.image_name, Path(ref.image_name), "", None, host=host)
 
 
 def test_hosts_are_split_whole_and_balanced():
