@@ -13,6 +13,7 @@ import dagster as dg
 from pydantic import Field
 
 from mmc4_assets.downloader import DownloadSettings
+from mmc4_assets.downloader.politeness.sites import parse_site_budgets
 from mmc4_assets.storage import DataStore, open_store
 from mmc4_assets.training.packing import PartLimits
 
@@ -62,8 +63,25 @@ class ImageDownloader(dg.ConfigurableResource):
         default=_DEFAULTS.max_concurrency,
         description="Requests in flight at once (cheap: memory is bounded by body bytes).",
     )
-    per_host: int = Field(
-        default=_DEFAULTS.per_host, description="Requests in flight at once to one host."
+    per_site: int = Field(
+        default=_DEFAULTS.per_site,
+        ge=1,
+        description="Requests in flight at once to one site (a registrable domain, e.g. wp.com "
+        "for i0..i3.wp.com), counted across every run of the deployment.",
+    )
+    site_budgets: dict[str, int] | None = Field(
+        default=None,
+        description="Per-site overrides of per_site, e.g. {'wp.com': 16}; unset reads "
+        "MMC4_SITE_BUDGETS ('wp.com=16,example.org=2').",
+    )
+    respect_robots_txt: bool = Field(
+        default=_DEFAULTS.respect_robots_txt,
+        description="Obey robots.txt (RFC 9309) for the token mmc4-assets and '*'.",
+    )
+    site_lease_seconds: float = Field(
+        default=_DEFAULTS.site_lease_seconds,
+        gt=0,
+        description="How long a dead run's site slots stay taken before they come back.",
     )
     connect_timeout: float = Field(
         default=_DEFAULTS.connect_timeout, description="Seconds to establish a connection."
@@ -83,7 +101,9 @@ class ImageDownloader(dg.ConfigurableResource):
         default=_DEFAULTS.max_attempts, description="Tries for retryable failures."
     )
     retry_after_cap: float = Field(
-        default=_DEFAULTS.retry_after_cap, description="Longest Retry-After honoured (s)."
+        default=_DEFAULTS.retry_after_cap,
+        description="Longest pause (s) a site's 429/503 imposes on every run; images that "
+        "cannot wait it out end rate_limited.",
     )
     user_agent: str = Field(default=_DEFAULTS.user_agent, description="User-Agent header sent.")
     respect_opt_out: bool = Field(
@@ -105,13 +125,28 @@ class ImageDownloader(dg.ConfigurableResource):
         "TLS-inspecting proxy's CA); unset reads MMC4_CA_BUNDLE. Verification is never off.",
     )
 
-    def settings(self) -> DownloadSettings:
+    def budgets(self) -> dict[str, int]:
+        """The per-site overrides: the field, else MMC4_SITE_BUDGETS (a clear error if bad)."""
+        if self.site_budgets is not None:
+            return dict(self.site_budgets)
+        text = os.environ.get("MMC4_SITE_BUDGETS", "")
+        try:
+            return parse_site_budgets(text)
+        except ValueError as error:
+            raise ValueError(f"MMC4_SITE_BUDGETS: {error}") from None
+
+    def settings(self, sites_url: str | None = None) -> DownloadSettings:
+        """The engine's settings; ``sites_url``: the deployment's site ledger."""
         allow_private = self.allow_private_networks
         if allow_private is None:
             allow_private = _env_flag("MMC4_ALLOW_PRIVATE_NETWORKS")
         return DownloadSettings(
             max_concurrency=self.max_concurrency,
-            per_host=self.per_host,
+            per_site=self.per_site,
+            site_budgets=tuple(sorted(self.budgets().items())),
+            sites_url=sites_url,
+            site_lease_seconds=self.site_lease_seconds,
+            respect_robots_txt=self.respect_robots_txt,
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             total_deadline=self.total_deadline,
@@ -171,3 +206,13 @@ class TrainingShardSettings(dg.ConfigurableResource):
 
     def limits(self) -> PartLimits:
         return PartLimits(documents=self.documents_per_part, bytes=self.bytes_per_part)
+
+
+def site_ledger_url(instance: dg.DagsterInstance) -> str:
+    """Where the runs of this deployment share site budgets: the instance's own Postgres when it
+    has one (runs on many machines), else a SQLite file in the instance's folder (every run on
+    this machine that uses the instance)."""
+    postgres_url = getattr(instance.run_storage, "postgres_url", None)
+    if postgres_url:
+        return postgres_url
+    return "sqlite:///" + os.path.join(instance.root_directory, "mmc4", "site_ledger.sqlite")

@@ -31,7 +31,12 @@ from mmc4_assets.corpus.status import (
 from mmc4_assets.downloader import ProgressInfo, download_shard
 from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.partitions import shard_partitions
-from mmc4_assets.resources import CorpusStorage, ImageDownloader, StalenessPolicy
+from mmc4_assets.resources import (
+    CorpusStorage,
+    ImageDownloader,
+    StalenessPolicy,
+    site_ledger_url,
+)
 from mmc4_assets.run_health import RunHealth
 from mmc4_assets.storage import DataStore, layout
 from mmc4_assets.storage.image_sync import ImageSync
@@ -65,7 +70,23 @@ def _outcome_counts(summary: dict) -> dict[str, int]:
     return {f"outcome_{o}": summary["outcomes"].get(o, 0) for o in OUTCOMES}
 
 
-def _images_metadata(summary: dict, attempted: int, wall: float, folder: dg.MetadataValue) -> dict:
+# What politeness did in a shard's run, as the engine counts it (metadata of downloaded_images).
+POLITENESS_METADATA = (
+    "robots_txt_fetched",
+    "robots_txt_from_cache",
+    "robots_txt_unavailable",
+    "throttles",
+    "sites_paused",
+    "sites_with_crawl_delay",
+    "most_requests_per_site",
+    "ledger_transactions",
+    "ledger_ms",
+)
+
+
+def _images_metadata(
+    summary: dict, attempted: int, wall: float, folder: dg.MetadataValue, politeness: dict
+) -> dict:
     return {
         "images": summary["images"],
         "ok": summary["ok"],
@@ -76,6 +97,7 @@ def _images_metadata(summary: dict, attempted: int, wall: float, folder: dg.Meta
         "images_per_second": rounded(attempted / wall if wall else 0.0),
         "wall_seconds": rounded(wall),
         "folder": folder,
+        **{name: int(politeness.get(name, 0)) for name in POLITENESS_METADATA},
     }
 
 
@@ -151,7 +173,7 @@ def download_images(
     staleness: StalenessPolicy,
     run_health: RunHealth,
 ):
-    settings = image_downloader.settings()
+    settings = image_downloader.settings(site_ledger_url(context.instance))
     shards = run_shards(context)
     store = storage.store()
     # One run at a time per shard, dead runs cleaned up first; a full disk says so.
@@ -192,6 +214,7 @@ def download_images(
                     )
 
                 started = time.monotonic()
+                politeness: dict = {}
                 with sync.uploading() if sync is not None else contextlib.nullcontext():
                     table = download_shard(
                         refs,
@@ -202,6 +225,8 @@ def download_images(
                         targets=targets,
                         progress=report,
                         held=stored,
+                        robots_store=store,
+                        stats=politeness,
                     )
                 wall = time.monotonic() - started
                 write_status(table, work, shard)
@@ -210,7 +235,7 @@ def download_images(
             summary = summarize(table)
             attempted = len(refs) if targets is None else len(targets)
             context.add_asset_metadata(
-                _images_metadata(summary, attempted, wall, stored_at(store, folder)),
+                _images_metadata(summary, attempted, wall, stored_at(store, folder), politeness),
                 asset_key=DOWNLOADED_IMAGES,
                 partition_key=key,
             )

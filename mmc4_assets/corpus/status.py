@@ -34,6 +34,7 @@ OUTCOMES: tuple[str, ...] = (
     "opted_out",
     "invalid_url",
     "gone",
+    "robots_disallowed",
 )
 RETRYABLE_OUTCOMES: frozenset[str] = frozenset({"timeout", "connection_error", "rate_limited"})
 """Outcomes worth another try later; http_error rows with http_status >= 500 are too."""
@@ -152,6 +153,7 @@ def reference_status_code(row) -> int:
     opted_out         451 Unavailable For Legal Reasons
     invalid_url       400 Bad Request
     gone              410 Gone
+    robots_disallowed 451 (the site's robots.txt: the owner said no, as with opted_out)
     ================  ======================================
     """
     outcome = row["outcome"]
@@ -181,6 +183,7 @@ _REFERENCE_CODES = {
     "opted_out": 451,
     "invalid_url": 400,
     "gone": 410,
+    "robots_disallowed": 451,
 }
 
 

@@ -14,7 +14,17 @@ class DownloadSettings:
     # Requests in flight at once. Cheap (one coroutine and socket each): latency is hidden by
     # having many, memory is bounded by max_bytes_in_flight, CPU by decode_workers.
     max_concurrency: int = 256
-    per_host: int = 8
+    # Requests in flight to one site (a registrable domain: every host name under it) across
+    # every run sharing ``sites_url``; ``site_budgets`` overrides it per site.
+    per_site: int = 8
+    site_budgets: tuple[tuple[str, int], ...] = ()
+    # Where the runs of a deployment share site budgets and throttle state: "postgresql://…"
+    # (the instance's database), "sqlite:///path" (one machine), None (this run only).
+    sites_url: str | None = None
+    # A run's slots outlive it by at most this (kill -9); renewed every third of it.
+    site_lease_seconds: float = 30.0
+    # Obey robots.txt (RFC 9309) for our product token ``mmc4-assets`` and ``*``.
+    respect_robots_txt: bool = True
     connect_timeout: float = 5.0
     # Seconds without a byte from the server (waiting for headers included).
     read_timeout: float = 10.0
@@ -26,7 +36,9 @@ class DownloadSettings:
     max_attempts: int = 3
     backoff_base: float = 0.5
     backoff_max: float = 8.0
-    retry_after_cap: float = 30.0
+    # The longest pause a site can impose on every run (Retry-After, or backoff after 429/503);
+    # images that cannot wait it out end ``rate_limited``, for the stale-image sensor.
+    retry_after_cap: float = 3600.0
     user_agent: str = "mmc4-assets/0.1 (+https://github.com/allenai/mmc4)"
     respect_opt_out: bool = True
     allow_private_networks: bool = False

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from mmc4_assets.corpus.atomic import atomic_write
+
 SCRATCH_ENV = "MMC4_SCRATCH_DIR"
 """Where remote roots' scratch folders go (default: the system temporary folder)."""
 
@@ -78,6 +80,14 @@ class DataStore:
     def delete(self, rels: Iterable[str]) -> None:
         raise NotImplementedError
 
+    def read_many(self, rels: Iterable[str]) -> dict[str, bytes]:
+        """The contents of those of ``rels`` that exist (small objects, read concurrently)."""
+        raise NotImplementedError
+
+    def write_many(self, contents: dict[str, bytes]) -> None:
+        """Store small objects directly, each whole or not at all."""
+        raise NotImplementedError
+
     def listing(self, folder: str, prefix: str = "") -> dict[str, int]:
         """{rel: size} of the files in ``folder`` whose name starts with ``prefix``."""
         raise NotImplementedError
@@ -123,6 +133,22 @@ class LocalStore(DataStore):
     def delete(self, rels: Iterable[str]) -> None:
         for rel in rels:
             (self.root / rel).unlink(missing_ok=True)
+
+    def read_many(self, rels: Iterable[str]) -> dict[str, bytes]:
+        found = {}
+        for rel in rels:
+            try:
+                found[rel] = (self.root / rel).read_bytes()
+            except OSError:
+                pass
+        return found
+
+    def write_many(self, contents: dict[str, bytes]) -> None:
+        for rel, data in contents.items():
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, "wb") as handle:
+                handle.write(data)
 
     def listing(self, folder: str, prefix: str = "") -> dict[str, int]:
         found: dict[str, int] = {}
@@ -204,6 +230,17 @@ class RemoteStore(DataStore):
         if keys:
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(keys)
+
+    def read_many(self, rels: Iterable[str]) -> dict[str, bytes]:
+        keys = {self._key(rel): rel for rel in rels}
+        if not keys:
+            return {}
+        found = self.fs.cat(list(keys), on_error="omit")  # one concurrent batch
+        return {keys[key.strip("/")]: data for key, data in found.items() if key.strip("/") in keys}
+
+    def write_many(self, contents: dict[str, bytes]) -> None:
+        if contents:  # one single-part upload per object, sent concurrently
+            self.fs.pipe({self._key(rel): data for rel, data in contents.items()})
 
     def _entries(self, folder: str, prefix: str) -> dict[str, dict]:
         path = self._key(folder)

@@ -4,6 +4,7 @@ them: a store joins them to its root or its URL."""
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 
 def raw_docs(shard: int) -> str:
@@ -47,3 +48,10 @@ def training_part(shard: int, part: int) -> str:
 
 def training_sizes(shard: int) -> str:
     return f"{webdataset_folder()}/{int(shard)}.sizes.json"
+
+
+def robots_txt(origin: str) -> str:
+    """The cached robots.txt of ``origin`` (``scheme://host:port``): one small JSON object."""
+    scheme, rest = origin.split("://", 1)
+    host, _, port = rest.rpartition(":")
+    return f"robots/{quote(f'{scheme}_{host}_{port}', safe='._-')}.json"

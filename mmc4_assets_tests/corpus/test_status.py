@@ -66,7 +66,7 @@ def sample() -> pd.DataFrame:
 
 
 def test_constants():
-    assert len(OUTCOMES) == 12 and "gone" in OUTCOMES
+    assert len(OUTCOMES) == 13 and "robots_disallowed" in OUTCOMES
     assert RETRYABLE_OUTCOMES == {"timeout", "connection_error", "rate_limited"}
     assert STATUS_COLUMNS[:6] == ["shard", "doc", "index", "image_name", "url", "outcome"]
     assert len(STATUS_COLUMNS) == 18

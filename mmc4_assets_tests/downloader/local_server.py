@@ -73,6 +73,10 @@ class LocalServer:
     def count(self, path: str | None = None) -> int:
         return sum(1 for p, _, _ in self.requests if path is None or p == path)
 
+    def fetches(self) -> int:
+        """Requests for anything but /robots.txt (what the downloader asked of the images)."""
+        return self.count() - self.count("/robots.txt")
+
     def times(self, path: str) -> list[float]:
         return [t for p, t, _ in self.requests if p == path]
 

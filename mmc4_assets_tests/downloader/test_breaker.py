@@ -19,8 +19,9 @@ SETTINGS = DownloadSettings(
     total_deadline=5.0,
     backoff_base=0.05,
     backoff_max=0.1,
-    per_host=2,
+    per_site=2,
     breaker_failures=3,
+    respect_robots_txt=False,  # the breaker itself (test_robots.py: hosts whose robots.txt fails)
 )
 
 
@@ -38,8 +39,8 @@ def test_refusing_host_is_cut_off_and_others_are_not(server, tmp_path: Path):
     assert (rows.loc[:29, "outcome"] == "connection_error").all()
     assert (rows.loc[100:, "outcome"] == "ok").all()
     skipped = rows.loc[:29][rows.loc[:29, "attempts"] == 0]
-    # At most per_host images were in flight when the third refusal opened the breaker.
-    assert len(skipped) >= 30 - SETTINGS.breaker_failures - SETTINGS.per_host
+    # At most per_site images were in flight when the third refusal opened the breaker.
+    assert len(skipped) >= 30 - SETTINGS.breaker_failures - SETTINGS.per_site
     assert skipped["error"].str.startswith("host skipped: ").all()
     assert skipped["error"].str.contains("refused|connect", case=False).all()
     assert retryable_mask(table.loc[table.doc < 30]).all()  # the sensor will try them again
@@ -57,7 +58,7 @@ def test_never_answering_host_is_cut_off(server, silent_server, tmp_path: Path):
     tried = rows.loc[:19][rows.loc[:19, "attempts"] > 0]
     # A host that never answered is not retried in the run: one attempt each, then the breaker.
     assert (tried["attempts"] == 1).all() and tried["error"].str.contains("no response").all()
-    assert silent.accepted == len(tried) <= SETTINGS.breaker_failures + SETTINGS.per_host
+    assert silent.accepted == len(tried) <= SETTINGS.breaker_failures + SETTINGS.per_site
     skipped = rows.loc[:19][rows.loc[:19, "attempts"] == 0]
     assert len(skipped) == 20 - len(tried)
     assert skipped["error"].str.contains("no answer this run").all()

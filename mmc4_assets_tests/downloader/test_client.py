@@ -70,7 +70,7 @@ def test_404_is_final(server):
     with fetcher() as f:
         result = f.fetch(s.url("/missing.jpg"))
     assert (result.outcome, result.http_status, result.attempts) == ("http_error", 404, 1)
-    assert s.count() == 1
+    assert s.fetches() == 1
 
 
 def test_500_is_retried_then_http_error(server):
@@ -276,7 +276,7 @@ def test_private_address_blocked_before_any_request(server):
             result = f.fetch(url)
             assert result.outcome == "blocked", url
             assert result.attempts == 1
-    assert s.count() == 0
+    assert s.fetches() == 0
 
 
 def test_redirect_to_private_address_blocked(server):
@@ -291,7 +291,7 @@ def test_redirect_to_private_address_blocked(server):
     with fetcher(allow_private_networks=False, allowed_networks=("127.0.0.1/32",)) as f:
         assert f.fetch(outer.url("/to-inner")).outcome == "blocked"
         assert f.fetch(outer.url("/to-metadata")).outcome == "blocked"
-    assert inner.count() == 0 and outer.count() == 2
+    assert inner.fetches() == 0 and outer.fetches() == 2
 
 
 @pytest.mark.parametrize(

@@ -19,24 +19,24 @@ from mmc4_assets.downloader import ProgressInfo, download_shard
 from mmc4_assets.downloader.refs import ImageRef
 from mmc4_assets.downloader.scheduling.fetch_workers import (
     WorkerFailed,
-    split_by_host,
+    split_by_site,
     worker_count,
 )
 from mmc4_assets_tests.downloader.local_server import refusing_url, send
-from mmc4_assets_tests.downloader.test_hosts import job
 from mmc4_assets_tests.downloader.test_shard_run import BIG, SMALL
 from mmc4_assets_tests.downloader.test_shard_run import SETTINGS as SHARD_RUN_SETTINGS
+from mmc4_assets_tests.downloader.test_site_queue import job
 
 SETTINGS = dataclasses.replace(SHARD_RUN_SETTINGS, fetch_processes=2)
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
-def test_hosts_are_split_whole_and_balanced():
+def test_sites_are_split_whole_and_balanced():
     sizes = {"a": 10, "b": 6, "c": 4, "d": 1, "e": 1}
     jobs = [job(host, i) for host, n in sizes.items() for i in range(n)]
-    groups = split_by_host(jobs, 2)
-    hosts = [{j.host for j in group} for group in groups]
-    assert hosts[0].isdisjoint(hosts[1])
+    groups = split_by_site(jobs, 2)
+    sites = [{j.site for j in group} for group in groups]
+    assert sites[0].isdisjoint(sites[1])
     assert sorted(len(group) for group in groups) == [11, 11]
     assert sorted(j.position for group in groups for j in group) == sorted(j.position for j in jobs)
 
@@ -82,9 +82,9 @@ def test_workers_give_every_image_its_outcome(server, silent_server, tmp_path: P
     assert seen[-1].done == seen[-1].total == len(refs)
     assert seen[-1].bytes >= len(HOSTS) * (len(SMALL) + len(BIG))
     # A rerun holds every valid file: nothing is fetched again.
-    before = sum(s.count() for s in servers)
+    before = sum(s.fetches() for s in servers)
     again = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS, previous=table)
-    assert sum(s.count() for s in servers) - before == 3 * len(HOSTS)  # the three failures
+    assert sum(s.fetches() for s in servers) - before == 3 * len(HOSTS)  # the three failures
     assert (again["outcome"] == "ok").sum() == (table["outcome"] == "ok").sum()
 
 
@@ -100,7 +100,7 @@ def test_a_dead_worker_fails_the_run_and_leaves_no_process(server, tmp_path: Pat
         for doc, s in enumerate(servers)
         for i in range(40)
     ]
-    patient = dataclasses.replace(SETTINGS, per_host=1, total_deadline=60.0)
+    patient = dataclasses.replace(SETTINGS, per_site=1, total_deadline=60.0)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -130,7 +130,7 @@ from mmc4_assets.downloader import DownloadSettings, download_shard
 from mmc4_assets.downloader.refs import ImageRef
 urls = sys.argv[2:]
 refs = [ImageRef(i, 0, f"{i}.jpg", url) for i, url in enumerate(urls)]
-settings = DownloadSettings(allow_private_networks=True, per_host=1, fetch_processes=2)
+settings = DownloadSettings(allow_private_networks=True, per_site=1, fetch_processes=2)
 download_shard(refs, data_dir=Path(sys.argv[1]), shard=1, settings=settings)
 """
 

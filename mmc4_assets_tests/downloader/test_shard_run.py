@@ -30,7 +30,7 @@ SETTINGS = DownloadSettings(
     backoff_max=0.1,
     max_bytes=2_000_000,
     max_concurrency=16,
-    per_host=8,
+    per_site=8,
 )
 BIG = image_bytes(2000, 1000)
 SMALL = image_bytes(500, 300)
@@ -38,7 +38,12 @@ BIG_PNG = image_bytes(1600, 900, "PNG")
 
 
 def files_under(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    """Every file under ``root`` but the robots.txt cache (robots/, tested on its own)."""
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and "robots" not in p.relative_to(root).parts[:2]
+    }
 
 
 def by_key(table: pd.DataFrame) -> dict[tuple[int, int], dict]:
@@ -64,7 +69,6 @@ def test_every_fault_gets_its_outcome_and_no_bad_file(server, tmp_path: Path):
             "/small.jpg": lambda h: send(h, 200, SMALL),
             "/big.png": lambda h: send(h, 200, BIG_PNG, "image/png"),
             "/500": lambda h: send(h, 500, b"oops", "text/plain"),
-            "/429": lambda h: send(h, 429, b"", "text/plain", {"Retry-After": "100"}),
             "/html": lambda h: send(h, 200, b"<html><body>hello</body></html>", "image/jpeg"),
             "/truncated": truncated,
             "/midclose": midclose,
@@ -77,6 +81,11 @@ def test_every_fault_gets_its_outcome_and_no_bad_file(server, tmp_path: Path):
             "/redirect": lambda h: send(h, 301, b"", "text/plain", {"Location": "/small.jpg"}),
             "/stall": lambda h: time.sleep(4),
         }
+    )
+    # Throttling pauses a whole site: the 429 lives on a site of its own (another address).
+    throttler = server(
+        {"/429": lambda h: send(h, 429, b"", "text/plain", {"Retry-After": "100"})},
+        host="127.0.0.9",
     )
     cases = [
         ("big.jpg", "/big.jpg", "ok"),
@@ -95,7 +104,10 @@ def test_every_fault_gets_its_outcome_and_no_bad_file(server, tmp_path: Path):
         ("redir.jpg", "/redirect", "ok"),
         ("stall.jpg", "/stall", "timeout"),
     ]
-    refs = [ImageRef(0, i, name, s.url(path)) for i, (name, path, _) in enumerate(cases)]
+    refs = [
+        ImageRef(0, i, name, (throttler if path == "/429" else s).url(path))
+        for i, (name, path, _) in enumerate(cases)
+    ]
     refs.append(ImageRef(1, 0, "ftp.jpg", "ftp://example.com/a.jpg"))
     refs.append(ImageRef(1, 1, "empty.jpg", ""))
     seen: list[ProgressInfo] = []
@@ -105,10 +117,10 @@ def test_every_fault_gets_its_outcome_and_no_bad_file(server, tmp_path: Path):
     rows = by_key(table)
     for i, (_, _, outcome) in enumerate(cases):
         assert rows[(0, i)]["outcome"] == outcome, (cases[i], rows[(0, i)]["error"])
-    # A Retry-After over the cap is not waited for: one request, and the row says why.
+    # A Retry-After past the image's deadline is not waited for: one request, the row says why.
     r429 = rows[(0, 5)]
-    assert r429["attempts"] == 1 and "exceeds the cap" in r429["error"]
-    assert s.count("/429") == 1
+    assert r429["attempts"] == 1 and "outlasts the deadline" in r429["error"]
+    assert throttler.count("/429") == 1
     assert rows[(1, 0)]["outcome"] == rows[(1, 1)]["outcome"] == "invalid_url"
     assert rows[(0, 3)]["http_status"] == 404 and rows[(0, 4)]["attempts"] == 3
     assert check_status(table, refs, tmp_path) == []
@@ -129,14 +141,14 @@ def test_every_fault_gets_its_outcome_and_no_bad_file(server, tmp_path: Path):
     assert sum(seen[-1].outcomes.values()) == len(refs)
 
 
-def test_per_host_limit_holds(server, tmp_path: Path):
+def test_per_site_limit_holds(server, tmp_path: Path):
     s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(40)}, latency=0.05)
     other = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(40)}, latency=0.05)
     refs = [ImageRef(i, 0, f"a{i}.jpg", s.url(f"/{i}.jpg")) for i in range(40)]
     refs += [ImageRef(100 + i, 0, f"b{i}.jpg", other.url(f"/{i}.jpg")) for i in range(40)]
     # Two "hosts": 127.0.0.1 and localhost are different names for the limit.
     refs[40:] = [r._replace(url=r.url.replace("127.0.0.1", "localhost")) for r in refs[40:]]
-    settings = DownloadSettings(**{**vars(SETTINGS), "per_host": 3, "max_concurrency": 32})
+    settings = DownloadSettings(**{**vars(SETTINGS), "per_site": 3, "max_concurrency": 32})
     table = download_shard(refs, data_dir=tmp_path, shard=1, settings=settings)
     assert (table.outcome == "ok").all()
     assert 2 <= s.max_active <= 3 and 2 <= other.max_active <= 3
@@ -146,10 +158,10 @@ def test_resume_fetches_nothing_valid(server, tmp_path: Path):
     s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(10)})
     refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(10)]
     first = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS)
-    assert s.count() == 10
+    assert s.fetches() == 10
     # Without a status file: files are checked by decoding.
     again = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS)
-    assert s.count() == 10 and (again.outcome == "ok").all()
+    assert s.fetches() == 10 and (again.outcome == "ok").all()
     # With a status file: rows are carried over; a broken and a missing file are refetched,
     # and a killed run's temporary is swept.
     write_status(first, tmp_path, 3)
@@ -158,7 +170,8 @@ def test_resume_fetches_nothing_valid(server, tmp_path: Path):
     (folder / "2.jpg").unlink()
     (folder / ".5.jpg.abc.part").write_bytes(b"partial")
     third = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS)
-    assert s.count() == 12 and sorted(p for p, _, _ in s.requests[10:]) == ["/1.jpg", "/2.jpg"]
+    images = [path for path, _, _ in s.requests if path != "/robots.txt"]
+    assert s.fetches() == 12 and sorted(images[10:]) == ["/1.jpg", "/2.jpg"]
     assert (third.outcome == "ok").all() and not (folder / ".5.jpg.abc.part").exists()
     assert (folder / "1.jpg").read_bytes() == SMALL
 
@@ -192,7 +205,7 @@ def test_private_address_blocked_without_request(server, tmp_path: Path):
     settings = DownloadSettings(**{**vars(SETTINGS), "allow_private_networks": False})
     refs = [ImageRef(0, 0, "a.jpg", s.url("/a.jpg"))]
     table = download_shard(refs, data_dir=tmp_path, shard=0, settings=settings)
-    assert list(table.outcome) == ["blocked"] and s.count() == 0
+    assert list(table.outcome) == ["blocked"] and s.fetches() == 0
     assert files_under(tmp_path) == set()
 
 
@@ -229,7 +242,7 @@ def test_targets_mode_conditional_refresh(server, tmp_path: Path):
     first = download_shard(refs, data_dir=tmp_path, shard=5, settings=SETTINGS)
     assert (first.outcome == "ok").all() and (first.etag == '"v1"').all()
     state.update(gone=True, changed=True)
-    before = s.count()
+    before = s.fetches()
     table = download_shard(
         refs,
         data_dir=tmp_path,
@@ -239,7 +252,7 @@ def test_targets_mode_conditional_refresh(server, tmp_path: Path):
         targets={(0, 0), (0, 1), (0, 2)},
     )
     rows = by_key(table)
-    assert s.count() - before == 3  # the untouched image was not requested
+    assert s.fetches() - before == 3  # the untouched image was not requested
     assert rows[(0, 0)]["outcome"] == "ok" and rows[(0, 0)]["http_status"] == 304
     assert rows[(0, 0)]["fetched_at"] > by_key(first)[(0, 0)]["fetched_at"]
     assert rows[(0, 1)]["outcome"] == "ok" and rows[(0, 1)]["etag"] == '"v2"'
@@ -310,7 +323,7 @@ def test_failing_progress_callback_stops_cleanly(server, tmp_path: Path):
     # Two at a time, 0.3 s each: the whole shard takes 3 s, the callback fails at its second call.
     s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(20)}, latency=0.3)
     refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(20)]
-    settings = DownloadSettings(**{**vars(SETTINGS), "max_concurrency": 2, "per_host": 2})
+    settings = DownloadSettings(**{**vars(SETTINGS), "max_concurrency": 2, "per_site": 2})
     calls = []
 
     def explode(info: ProgressInfo) -> None:
@@ -329,7 +342,7 @@ def test_failing_progress_callback_stops_cleanly(server, tmp_path: Path):
         )
     # The run stopped where the callback failed: the rest was never requested, and nothing is
     # left half-written.
-    assert len(calls) == 2 and 1 <= s.count() < len(refs)
+    assert len(calls) == 2 and 1 <= s.count() and s.fetches() < len(refs)
     folder = tmp_path / "images" / "0"
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
     assert len(list(folder.iterdir())) < len(refs)
@@ -341,7 +354,7 @@ def test_bytes_in_flight_bound_the_requests_started(server, tmp_path: Path):
     refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(24)]
     # Generous timeouts: this is about how many requests start, not about slow servers.
     patient = {"connect_timeout": 10.0, "read_timeout": 10.0, "total_deadline": 30.0}
-    roomy = DownloadSettings(**{**vars(SETTINGS), **patient, "max_concurrency": 32, "per_host": 32})
+    roomy = DownloadSettings(**{**vars(SETTINGS), **patient, "max_concurrency": 32, "per_site": 32})
     table = download_shard(refs, data_dir=tmp_path / "roomy", shard=0, settings=roomy)
     assert (table.outcome == "ok").all() and s.max_active > 2
     s.max_active = 0
@@ -377,7 +390,7 @@ def test_bytes_bound_holds_while_the_decoders_are_behind(server, tmp_path: Path)
             "total_deadline": 60.0,
             "max_bytes": 10 * len(body),
             "max_concurrency": 8,
-            "per_host": 4,
+            "per_site": 4,
             "decode_workers": 1,
             "max_bytes_in_flight": budget,
         }

@@ -39,7 +39,7 @@ def test_https_without_the_ca_bundle_fails_verification(https_host, tmp_path: Pa
     table = download_shard(refs_on(https_host), data_dir=tmp_path, shard=0, settings=SETTINGS)
     assert (table.outcome == "connection_error").all()
     assert table["error"].str.contains("certificate", case=False).all()
-    assert https_host.count() == 0  # no request went out over an unverified connection
+    assert https_host.fetches() == 0  # no request went out over an unverified connection
     assert not any((tmp_path / "images/0").iterdir())
 
 
@@ -66,5 +66,5 @@ def test_unusable_ca_bundle_stops_the_run_before_any_request(https_host, tmp_pat
     settings = DownloadSettings(**{**vars(SETTINGS), "ca_bundle": str(bundle)})
     with pytest.raises(CaBundleError, match=str(bundle)):
         download_shard(refs_on(https_host), data_dir=tmp_path / "d", shard=0, settings=settings)
-    assert https_host.count() == 0
+    assert https_host.fetches() == 0
     assert not (tmp_path / "d").exists()

@@ -56,6 +56,11 @@ class PostgresParams:
             "DAGSTER_PG_DB": self.db,
         }
 
+    @property
+    def url(self) -> str:
+        """The database as a libpq URL (what the site ledger takes)."""
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.db}"
+
     def connect(self):
         """A plain psycopg2 connection, for tests that look at the tables themselves."""
         return psycopg2.connect(

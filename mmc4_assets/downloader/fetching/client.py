@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -40,6 +41,8 @@ _DRAIN_LIMIT = 64 * 1024
 # while the decoders are behind, idle connections wait for nothing (each holds ~50 KB).
 _KEEPALIVE_SECONDS = 1.0
 _RETRYABLE = frozenset({"timeout", "connection_error", "rate_limited"})
+# Answers that mean "slow down": they pause the whole site, for every run.
+THROTTLE_STATUSES = frozenset({429, 503})
 
 
 @dataclass
@@ -178,18 +181,50 @@ class HttpClient:
         deadline: float,
         meter: ByteMeter | None = None,
         last_for_host: bool = False,
+        allow_hop: Callable[[str], Awaitable[FetchResult | None]] | None = None,
     ) -> FetchResult:
         """One try: follow up to max_redirects hops, each re-checked, all before ``deadline``.
 
         ``deadline`` is in the running loop's clock. ``meter`` counts body bytes as they arrive
         (left counted for a returned body; the caller releases them). ``last_for_host`` asks the
         server to close the connection after this response (nothing else to fetch there).
+        ``allow_hop(url)``, for a redirect to another origin, returns the result that ends the
+        attempt there instead (that origin's robots.txt forbids it), or None to go on.
         """
+        return await self._attempt(
+            url,
+            etag=etag,
+            last_modified=last_modified,
+            deadline=deadline,
+            meter=meter,
+            last_for_host=last_for_host,
+            allow_hop=allow_hop,
+            body=_IMAGE_BODY,
+        )
+
+    async def fetch_robots(self, url: str, *, deadline: float) -> FetchResult:
+        """One try at a robots.txt: redirects followed, the body cut at its 500 KiB cap."""
+        return await self._attempt(url, deadline=deadline, body=_ROBOTS_BODY)
+
+    async def _attempt(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        deadline: float,
+        meter: ByteMeter | None = None,
+        last_for_host: bool = False,
+        allow_hop: Callable[[str], Awaitable[FetchResult | None]] | None = None,
+        body: _BodyRules,
+    ) -> FetchResult:
         try:
             url = check_url(url)
         except InvalidUrl as error:
             return FetchResult("invalid_url", error=str(error), final=True)
         headers = dict(self._headers)
+        if body.accept:
+            headers["Accept"] = body.accept
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
@@ -199,7 +234,7 @@ class HttpClient:
         state = _AttemptState()
         try:
             async with asyncio.timeout_at(deadline):
-                result = await self._follow(url, headers, state, meter)
+                result = await self._follow(url, headers, state, meter, body, allow_hop)
         except TimeoutError as error:
             # The deadline wins over whatever was going on; other timeouts are aiohttp's.
             result = _classify(
@@ -217,12 +252,17 @@ class HttpClient:
         result.answered = state.answered
         return result
 
-    async def _follow(self, url, headers, state, meter) -> FetchResult:
+    async def _follow(self, url, headers, state, meter, body, allow_hop) -> FetchResult:
         current = url
         result = None
-        for _ in range(self.settings.max_redirects + 1):
+        for hop in range(self.settings.max_redirects + 1):
             state.url = current
-            result, location = await self._hop(current, headers, state, meter)
+            if hop and allow_hop is not None:
+                refused = await allow_hop(current)
+                if refused is not None:
+                    refused.final_url = current
+                    return refused
+            result, location = await self._hop(current, headers, state, meter, body)
             if location is None:
                 result.final_url = current
                 result.answered = state.answered
@@ -241,8 +281,9 @@ class HttpClient:
             answered=state.answered,
         )
 
-    async def _hop(self, url, headers, state, meter) -> tuple[FetchResult, str | None]:
+    async def _hop(self, url, headers, state, meter, rules) -> tuple[FetchResult, str | None]:
         s = self.settings
+        max_bytes = rules.max_bytes or s.max_bytes
         check_literal(urlsplit(url).hostname or "", self.policy)
         assert self._session is not None, "use HttpClient as an async context manager"
         async with self._session.get(
@@ -275,20 +316,28 @@ class HttpClient:
                 if status >= 500:
                     result.retry_after = parse_retry_after(head.get("Retry-After"))
                 return result, None
-            if s.respect_opt_out and opted_out(head.getall("X-Robots-Tag", [])):
+            if rules.images and s.respect_opt_out and opted_out(head.getall("X-Robots-Tag", [])):
                 await _discard(response)
                 return FetchResult("opted_out", status, "X-Robots-Tag opts out of AI use"), None
             length = head.get("Content-Length")
-            if length is not None and length.strip().isdigit() and int(length) > s.max_bytes:
+            if (
+                not rules.truncate
+                and length is not None
+                and length.strip().isdigit()
+                and int(length) > max_bytes
+            ):
                 response.close()
                 return FetchResult("too_large", status, f"Content-Length {length} over cap"), None
             chunks: list[bytes] = []
             received = 0
             async for data in response.content.iter_any():
                 received += len(data)
-                if received > s.max_bytes:
+                if received > max_bytes:
                     response.close()
-                    return FetchResult("too_large", status, f"body over {s.max_bytes} bytes"), None
+                    if rules.truncate:  # keep what the cap allows (robots.txt)
+                        chunks.append(data[: len(data) - (received - max_bytes)])
+                        break
+                    return FetchResult("too_large", status, f"body over {max_bytes} bytes"), None
                 if meter is not None:
                     meter.add(len(data))
                     state.metered += len(data)
@@ -299,6 +348,22 @@ class HttpClient:
             state.metered = 0  # the caller owns the body's bytes now
             result = FetchResult(None, status, body=body, etag=etag, last_modified=last_modified)
             return result, None
+
+
+@dataclass(frozen=True)
+class _BodyRules:
+    """What a body may be: its cap (0: the settings' max_bytes), cut or refused past it."""
+
+    max_bytes: int = 0
+    truncate: bool = False
+    images: bool = True  # X-Robots-Tag opt-outs apply
+    accept: str | None = None
+
+
+_IMAGE_BODY = _BodyRules()
+_ROBOTS_BODY = _BodyRules(
+    max_bytes=500 * 1024, truncate=True, images=False, accept="text/plain, */*;q=0.5"
+)
 
 
 class _AttemptState:
@@ -320,8 +385,8 @@ def retry_delay(
     """Seconds to wait before trying this image again, or None to stop here.
 
     Stops on a final outcome, after max_attempts, on a timeout from a host that has never
-    answered this run, on a Retry-After above the cap (noted in ``result.error``), and when the
-    wait would run past the image's deadline.
+    answered this run, and when the wait (a Retry-After, noted in ``result.error``) would run
+    past the image's deadline.
     """
     if not result.retryable or attempt >= settings.max_attempts:
         return None
@@ -330,10 +395,11 @@ def retry_delay(
     wait = min(settings.backoff_max, settings.backoff_base * 2 ** (attempt - 1))
     wait *= random.uniform(0.5, 1.0)
     if result.retry_after is not None:
-        if result.retry_after > settings.retry_after_cap:
-            result.error = f"Retry-After {result.retry_after:.0f}s exceeds the cap"
-            return None
         wait = result.retry_after + random.uniform(0.0, 0.1)
+        if wait >= time_left:
+            outlasts = f"Retry-After {result.retry_after:.0f}s outlasts the deadline"
+            result.error = f"{result.error}: {outlasts}"
+            return None
     if wait >= time_left:
         return None
     return wait

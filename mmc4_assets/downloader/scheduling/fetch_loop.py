@@ -4,14 +4,15 @@ One event loop runs every request (hundreds in flight cost a coroutine and a soc
 latency is hidden by numbers, not threads); a small thread pool decodes and writes, since Pillow
 releases the GIL. Memory is bounded by body bytes: a new request starts only while the bytes
 being received or waiting for a decoder, plus a mean body for each request in flight, stay
-within ``max_bytes_in_flight`` (one request may run when nothing else is held). A host queue
-keeps every host within ``per_host`` requests, busiest hosts first; a retry waits in a timed
-queue rather than in a slot; a per-host breaker ends the images of hosts that refuse or never
-answer.
+within ``max_bytes_in_flight`` (one request may run when nothing else is held). A site queue
+keeps every site (a registrable domain) within the slots the run holds in the shared site ledger,
+busiest sites first, and out of a site while it is paused; a retry waits in a timed queue rather
+than in a slot; a per-host breaker ends the images of hosts that refuse or never answer. An
+origin's robots.txt is fetched (in a slot of its site) before any of its images is requested.
 
-When the decoders fall behind (the CPU is the limit), new requests wait, except for a host whose
-backlog is the run's critical path: a host can go no faster than ``per_host`` at a time, so one
-with many images left must keep its slots busy or the run ends waiting for it alone.
+When the decoders fall behind (the CPU is the limit), new requests wait, except for a site whose
+backlog is the run's critical path: a site can go no faster than its budget allows, so one with
+many images left must keep its slots busy or the run ends waiting for it alone.
 
 No pandas here: fetch worker processes import this module and nothing heavier.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import gc
+import heapq
 import os
 import threading
 import time
@@ -28,12 +30,24 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from ..fetching.breaker import HostBreaker
-from ..fetching.client import ByteMeter, FetchResult, HttpClient, retry_delay
+from ..fetching.client import THROTTLE_STATUSES, ByteMeter, FetchResult, HttpClient, retry_delay
+from ..politeness.broker import local_link, open_broker
+from ..politeness.gate import SiteGate
+from ..politeness.robots import (
+    PRODUCT_TOKEN,
+    RobotsBook,
+    RobotsEntry,
+    RobotsVerdict,
+    origin_of,
+    robots_url,
+)
+from ..politeness.sites import SiteBudgets, site_of
 from ..settings import DownloadSettings, tls_context
 from ..storing.store import ImageJob, store_body, store_outcome
-from .hosts import HostQueue
+from .site_queue import SiteQueue
 
 
 @dataclass
@@ -81,6 +95,9 @@ def tune_memory() -> None:
 
 # Bodies waiting for each decoder before new requests wait (a few seconds of its work).
 _BACKLOG_PER_DECODER = 16
+# The longest Crawl-delay honoured between two requests to a site (a larger one is read as this:
+# a shard's run must end).
+_CRAWL_DELAY_CAP = 60.0
 
 
 class FetchLoop:
@@ -106,6 +123,10 @@ class FetchLoop:
         cpus = os.cpu_count() or 2
         self._decoders = max(1, settings.decode_workers or cpus)
         self.peak_held_bytes = 0  # the most body bytes held at once (max_bytes_in_flight's test)
+        self.peak_site_requests: dict[str, int] = {}  # the most requests in flight per site
+        self.robots_cache: dict[str, RobotsEntry] = {}  # fresh entries read before the run
+        self.robots_fetched: list[RobotsEntry] = []  # entries fetched by this loop, to store
+        self.politeness: Counter[str] = Counter()  # what politeness did (run metadata)
 
     def keep(self, position: int, row: dict) -> None:
         """Keep the finished row of the image at ``position``."""
@@ -113,147 +134,31 @@ class FetchLoop:
 
     # -- fetching ---------------------------------------------------------------------------
 
-    def fetch_here(self, jobs: list[ImageJob]) -> None:
-        """Fetch ``jobs`` on this process's own loop and decoders (a fetch worker's whole job)."""
-        with ThreadPoolExecutor(self._decoders, thread_name_prefix="mmc4-decode") as pool:
-            self._fetch_here(jobs, pool)
+    def fetch_here(self, jobs: list[ImageJob], connect: Connect | None = None) -> None:
+        """Fetch ``jobs`` on this process's own loop and decoders (a fetch worker's whole job).
 
-    def _fetch_here(self, jobs: list[ImageJob], pool: ThreadPoolExecutor) -> None:
-        tls = tls_context(self.settings.ca_bundle)
-        run_coroutine(lambda: self._fetch_all(jobs, pool, tls))
-
-    async def _fetch_all(self, jobs: list[ImageJob], pool: ThreadPoolExecutor, tls) -> None:
-        settings = self.settings
-        loop = asyncio.get_running_loop()
-        queue = HostQueue(settings.per_host)
+        ``connect(deliver)`` links the loop to the run's site broker: it returns the function
+        that sends the broker this loop's messages, and arranges for ``deliver`` to be called
+        (from any thread) with the broker's answers. Without it, a broker of its own serves
+        this loop (on ``settings.sites_url``).
+        """
         for job in jobs:
-            queue.add(job)
-        breaker = HostBreaker(settings.breaker_failures)
-        meter = ByteMeter()
-        wake = asyncio.Event()
-        tasks: set[asyncio.Task] = set()
-        fetching = 0
-        decoding = 0  # bodies handed to the decoders and not done yet
-        # Bodies waiting for a decoder before new requests wait too, but for the critical path.
-        backlog = _BACKLOG_PER_DECODER * self._decoders
-        failure: list[BaseException] = []
-
-        def done(task: asyncio.Task) -> None:
-            nonlocal fetching
-            tasks.discard(task)
-            if not task.cancelled() and task.exception() is not None:
-                failure.append(task.exception())
-            wake.set()
-
-        async def process(job: ImageJob, client: HttpClient) -> None:
-            nonlocal fetching, decoding
-            try:
-                if job.deadline is None:
-                    job.deadline = loop.time() + settings.total_deadline
-                job.attempts += 1
-                old = job.previous if job.conditional else None
-                result = await client.attempt(
-                    job.ref.url,
-                    etag=(old or {}).get("etag"),
-                    last_modified=(old or {}).get("last_modified"),
-                    deadline=job.deadline,
-                    meter=meter,
-                    last_for_host=queue.waiting_for(job.host) == 0,
-                )
-            finally:
-                fetching -= 1
-                queue.release(job.host)
-                wake.set()
-            result.attempts = job.attempts
-            if result.answered:
-                breaker.record_answer(job.host)
-            elif result.host_failure:
-                breaker.record_failure(job.host, result.host_failure, result.outcome, result.error)
-            time_left = job.deadline - loop.time()
-            wait = retry_delay(
-                settings, result, job.attempts, time_left, breaker.answered(job.host)
-            )
-            if wait is not None:
-                job.last_result = result
-                queue.requeue(job, loop.time() + wait)
+            job.site = job.site or site_of(job.host)
+            job.origin = job.origin or origin_of(job.ref.url)
+        with ThreadPoolExecutor(self._decoders, thread_name_prefix="mmc4-decode") as pool:
+            if connect is not None:
+                self._fetch_here(jobs, pool, connect)
                 return
-            if result.outcome is None:
-                size = len(result.body or b"")
-                with self._lock:
-                    self._bytes += size
-                decoding += 1
-                try:
-                    row = await loop.run_in_executor(
-                        pool, store_body, job, result, settings, self.shard
-                    )
-                finally:
-                    decoding -= 1
-                    meter.release(size)
-                    wake.set()
-            else:
-                row = store_outcome(job, result, self.shard)
-            self._finish(job.position, row)
+            with open_broker(self.settings) as broker:
+                self._fetch_here(jobs, pool, local_link(broker))
 
-        next_report = loop.time() + self.progress_interval
-        async with HttpClient(settings, tls) as client:
-            try:
-                while (queue.total_waiting or tasks) and not failure:
-                    wake.clear()
-                    queue.promote(loop.time())
-                    # New requests start while the bytes bound allows and the decoders have little
-                    # waiting for them (when the CPU is the limit, more requests only make
-                    # handshakes time out), or for the critical path.
-                    while fetching < settings.max_concurrency and (
-                        (fetching == 0 and meter.held == 0)  # a body above the bound still runs
-                        or meter.held + (fetching + 1) * meter.mean_body
-                        <= settings.max_bytes_in_flight
-                    ):
-                        if decoding < backlog:
-                            job = queue.take()
-                        else:
-                            job = queue.take(critical_backlog(settings, queue.total_waiting))
-                        if job is None:
-                            break
-                        skipped = breaker.open_reason(job.host)
-                        if skipped is not None:
-                            queue.release(job.host)
-                            outcome, reason = skipped
-                            result = FetchResult(outcome, error=reason, attempts=job.attempts)
-                            self._finish(job.position, store_outcome(job, result, self.shard))
-                            continue
-                        if job.last_result is not None and loop.time() >= job.deadline:
-                            # Its deadline passed while it waited for a slot: the last try's
-                            # outcome stands (a refusal stays a refusal, not a timeout).
-                            queue.release(job.host)
-                            self._finish(
-                                job.position, store_outcome(job, job.last_result, self.shard)
-                            )
-                            continue
-                        fetching += 1
-                        task = asyncio.create_task(process(job, client))
-                        tasks.add(task)
-                        task.add_done_callback(done)
-                    now = loop.time()
-                    if now >= next_report:
-                        next_report = now + self.progress_interval
-                        self._report()
-                    wake_at = next_report
-                    retry_at = queue.next_retry_at()
-                    if retry_at is not None:
-                        wake_at = min(wake_at, retry_at)
-                    try:
-                        async with asyncio.timeout_at(wake_at):
-                            await wake.wait()
-                    except TimeoutError:
-                        pass
-            finally:
-                for task in list(tasks):
-                    task.cancel()
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                self.peak_held_bytes = meter.peak
-        if failure:
-            raise failure[0]
+    def _fetch_here(self, jobs: list[ImageJob], pool: ThreadPoolExecutor, connect) -> None:
+        tls = tls_context(self.settings.ca_bundle)
+
+        async def session() -> None:
+            await _Session(self, pool, tls, connect).run(jobs)
+
+        run_coroutine(session)
 
     # -- accounting -------------------------------------------------------------------------
 
@@ -279,15 +184,396 @@ class FetchLoop:
         self.progress(info)
 
 
-def critical_backlog(settings: DownloadSettings, total_waiting: int) -> int:
-    """Images waiting on one host that make it the critical path while the decoders are behind.
+Connect = Callable[[Callable[[list], None]], Callable[[list], None]]
 
-    A host holding more than ``per_host / max_concurrency`` of the remaining images would take
-    longer at ``per_host`` at a time than the rest at full concurrency; never fewer than two
-    rounds of its slots, so the hosts of a run's last few images are not all critical.
+
+class _Session:
+    """One fetch of a list of images on a running loop: the state the loop's turns share."""
+
+    def __init__(self, owner: FetchLoop, pool: ThreadPoolExecutor, tls, connect: Connect) -> None:
+        self.owner = owner
+        self.settings = settings = owner.settings
+        self.pool = pool
+        self.tls = tls
+        self.connect = connect
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()
+        self.gate = SiteGate(
+            send=None,
+            budgets=SiteBudgets(settings.per_site, dict(settings.site_budgets)),
+            backoff_base=settings.backoff_base,
+            clock=self.loop.time,
+        )
+        self.queue = SiteQueue(lambda site: self.gate.limit(site, self.loop.time()))
+        self.breaker = HostBreaker(settings.breaker_failures)
+        self.meter = ByteMeter()
+        self.robots = RobotsBook(owner.robots_cache) if settings.respect_robots_txt else None
+        self.robots_tasks: dict[str, asyncio.Task] = {}
+        self.robots_throttles: Counter[str] = Counter()  # robots.txt answered 429/503
+        self.parked: dict[str, list[ImageJob]] = {}
+        self.pause_ends: list[tuple[float, str]] = []
+        self.in_flight: Counter[str] = Counter()  # requests per site, robots.txt included
+        self.touched: set[str] = set()  # sites whose demand changed this turn
+        self.tasks: set[asyncio.Task] = set()
+        self.failure: list[BaseException] = []
+        self.fetching = 0
+        self.decoding = 0  # bodies handed to the decoders and not done yet
+        # Bodies waiting for a decoder before new requests wait too, but for the critical path.
+        self.backlog = _BACKLOG_PER_DECODER * owner._decoders
+        self.client: HttpClient | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, jobs: list[ImageJob]) -> None:
+        loop, gate, queue = self.loop, self.gate, self.queue
+        deliver = lambda messages: loop.call_soon_threadsafe(gate.receive, messages)  # noqa: E731
+        gate.send = self.connect(deliver)
+        gate.on_change = self.wake.set
+        for job in jobs:
+            queue.add(job)
+        order = queue.sites_by_backlog()
+        next_site = 0
+        next_report = loop.time() + self.owner.progress_interval
+        async with HttpClient(self.settings, self.tls) as client:
+            self.client = client
+            try:
+                while (queue.total_waiting or self.tasks) and not self.failure:
+                    self.wake.clear()
+                    now = loop.time()
+                    queue.promote(now)
+                    self._apply_site_changes(now)
+                    next_site = self._bring_in_sites(order, next_site, now)
+                    self._start_requests()
+                    self._update_wants()
+                    gate.flush()
+                    now = loop.time()
+                    if now >= next_report:
+                        next_report = now + self.owner.progress_interval
+                        self.owner._report()
+                    wake_at = next_report
+                    retry_at = queue.next_retry_at()
+                    if retry_at is not None:
+                        wake_at = min(wake_at, retry_at)
+                    if self.pause_ends:
+                        wake_at = min(wake_at, self.pause_ends[0][0])
+                    try:
+                        async with asyncio.timeout_at(wake_at):
+                            await self.wake.wait()
+                    except TimeoutError:
+                        pass
+            finally:
+                for task in list(self.tasks):
+                    task.cancel()
+                if self.tasks:
+                    await asyncio.gather(*self.tasks, return_exceptions=True)
+                for site in list(gate.wanted):
+                    gate.want(site, 0)
+                gate.flush()
+                self.owner.peak_held_bytes = self.meter.peak
+                self.owner.politeness["throttles"] += gate.throttles
+                self.owner.politeness["sites_paused"] += len(gate.paused_sites)
+                self.owner.politeness["sites_with_crawl_delay"] += len(gate.crawl_delays)
+                if self.robots is not None:
+                    self.owner.politeness["robots_txt_from_cache"] += self.robots.cache_hits
+                    self.owner.robots_fetched.extend(self.robots.fetched)
+                if self.owner.peak_site_requests:
+                    most = max(self.owner.peak_site_requests.values())
+                    if most > self.owner.politeness["most_requests_per_site"]:
+                        self.owner.politeness["most_requests_per_site"] = most
+        if self.failure:
+            raise self.failure[0]
+
+    def _apply_site_changes(self, now: float) -> None:
+        """Sites whose slots or pause changed: requeue them, end what cannot wait a pause."""
+        gate, queue = self.gate, self.queue
+        while self.pause_ends and self.pause_ends[0][0] <= now:
+            gate.changed.add(heapq.heappop(self.pause_ends)[1])
+        if not gate.changed:
+            return
+        changed, gate.changed = gate.changed, set()
+        for site in changed:
+            queue.refresh(site)
+            end = gate.pause_end(site)
+            if end <= now:
+                continue
+            heapq.heappush(self.pause_ends, (end, site))
+            if site in gate.crawl_delays and end - now <= _CRAWL_DELAY_CAP:
+                continue  # Crawl-delay spacing: its images wait their turn
+            horizon = now + self.settings.total_deadline
+
+            def can_wait(job: ImageJob, end=end, horizon=horizon) -> bool:
+                return (job.deadline if job.deadline is not None else horizon) > end
+
+            for job in queue.drain(site, can_wait):
+                self._end_paused(job, site, end - now)
+            self.touched.add(site)
+
+    def _end_paused(self, job: ImageJob, site: str, pause: float) -> None:
+        if job.last_result is not None:  # its last try's outcome stands (a 503 stays a 503)
+            result = job.last_result
+        else:
+            result = FetchResult(
+                "rate_limited",
+                error=f"site {site} paused for {pause:.0f}s after throttling: not fetched",
+                attempts=job.attempts,
+            )
+        self.owner._finish(job.position, store_outcome(job, result, self.owner.shard))
+
+    def _bring_in_sites(self, order: list[str], next_site: int, now: float) -> int:
+        """Ask for the slots of the next sites (busiest first) while the held and asked-for
+        slots of sites that can run fall short of the concurrency, with a margin."""
+        gate, queue = self.gate, self.queue
+        target = self.settings.max_concurrency + max(8, self.settings.max_concurrency // 4)
+        pledged = sum(
+            count
+            for site, count in gate.wanted.items()
+            if site not in gate.starved and gate.pause_end(site) <= now
+        )
+        while pledged < target and next_site < len(order):
+            site = order[next_site]
+            next_site += 1
+            demand = queue.demand(site)
+            if demand:
+                gate.want(site, demand)
+                pledged += gate.wanted.get(site, 0)
+        return next_site
+
+    def _update_wants(self) -> None:
+        gate, queue = self.gate, self.queue
+        for site in self.touched:
+            if gate.in_play(site):
+                demand = queue.demand(site)
+                if demand == 0:
+                    gate.release_rest(site)
+                gate.want(site, demand)
+        self.touched.clear()
+
+    def _free(self, site: str) -> None:
+        self.queue.release(site)
+        self.in_flight[site] -= 1
+        self.touched.add(site)
+
+    def _start_requests(self) -> None:
+        """Start requests while the bytes bound allows and the decoders have little waiting
+        for them (when the CPU is the limit, more requests only make handshakes time out), or
+        for the critical path."""
+        settings, queue, meter = self.settings, self.queue, self.meter
+        while self.fetching < settings.max_concurrency and (
+            (self.fetching == 0 and meter.held == 0)  # a body above the bound still runs
+            or meter.held + (self.fetching + 1) * meter.mean_body <= settings.max_bytes_in_flight
+        ):
+            if self.decoding < self.backlog:
+                job = queue.take()
+            else:
+                job = queue.take(critical_backlog(settings, queue.total_waiting))
+            if job is None:
+                return
+            self._start(job)
+
+    def _start(self, job: ImageJob) -> None:
+        """The job has a slot of its site: end it, park it, or send its request."""
+        queue, site = self.queue, job.site
+        skipped = self.breaker.open_reason(job.host)
+        if skipped is not None:
+            queue.release(site)
+            self.touched.add(site)
+            outcome, reason = skipped
+            result = FetchResult(outcome, error=reason, attempts=job.attempts)
+            self.owner._finish(job.position, store_outcome(job, result, self.owner.shard))
+            return
+        if job.last_result is not None and self.loop.time() >= job.deadline:
+            # Its deadline passed while it waited for a slot: the last try's outcome stands (a
+            # refusal stays a refusal, not a timeout).
+            queue.release(site)
+            self.touched.add(site)
+            self.owner._finish(job.position, store_outcome(job, job.last_result, self.owner.shard))
+            return
+        if self.robots is not None:
+            verdict = self.robots.verdict(job.origin)
+            if verdict is None:  # robots.txt first: this slot fetches it, the image waits
+                queue.park(job)
+                self.parked.setdefault(job.origin, []).append(job)
+                if job.origin in self.robots_tasks:
+                    queue.release(site)
+                    self.touched.add(site)
+                else:
+                    task = self._launch(self._fetch_robots(job.origin, site, job.host), site)
+                    self.robots_tasks[job.origin] = task
+                return
+            refusal = _refusal(verdict, job.ref.url, job.attempts)
+            if refusal is not None:
+                queue.release(site)
+                self.touched.add(site)
+                self.owner._finish(job.position, store_outcome(job, refusal, self.owner.shard))
+                return
+        self._launch(self._process(job), site)
+
+    def _launch(self, coroutine, site: str) -> asyncio.Task:
+        self.fetching += 1
+        self.in_flight[site] += 1
+        peak = self.owner.peak_site_requests
+        if self.in_flight[site] > peak.get(site, 0):
+            peak[site] = self.in_flight[site]
+        self.gate.started(site)
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failure.append(task.exception())
+        self.wake.set()
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def _process(self, job: ImageJob) -> None:
+        settings, loop, queue = self.settings, self.loop, self.queue
+        started = loop.time()
+        try:
+            if job.deadline is None:
+                job.deadline = started + settings.total_deadline
+            job.attempts += 1
+            old = job.previous if job.conditional else None
+            result = await self.client.attempt(
+                job.ref.url,
+                etag=(old or {}).get("etag"),
+                last_modified=(old or {}).get("last_modified"),
+                deadline=job.deadline,
+                meter=self.meter,
+                last_for_host=queue.waiting_for(job.site) == 0,
+                allow_hop=self._allow_hop if self.robots is not None else None,
+            )
+        finally:
+            self.fetching -= 1
+            self._free(job.site)
+            self.wake.set()
+        result.attempts = job.attempts
+        self._heard_from(job.host, job.site, result, started)
+        time_left = job.deadline - loop.time()
+        wait = retry_delay(
+            settings, result, job.attempts, time_left, self.breaker.answered(job.host)
+        )
+        if wait is not None:
+            job.last_result = result
+            queue.requeue(job, loop.time() + wait)
+            return
+        if result.outcome is None:
+            size = len(result.body or b"")
+            with self.owner._lock:
+                self.owner._bytes += size
+            self.decoding += 1
+            try:
+                row = await loop.run_in_executor(
+                    self.pool, store_body, job, result, settings, self.owner.shard
+                )
+            finally:
+                self.decoding -= 1
+                self.meter.release(size)
+                self.wake.set()
+        else:
+            row = store_outcome(job, result, self.owner.shard)
+        self.owner._finish(job.position, row)
+
+    def _heard_from(self, host: str, site: str, result: FetchResult, started: float) -> None:
+        """What one answer says about its host (breaker) and its site (throttled, or fine)."""
+        if result.answered:
+            self.breaker.record_answer(host)
+        elif result.host_failure:
+            self.breaker.record_failure(host, result.host_failure, result.outcome, result.error)
+        if result.http_status in THROTTLE_STATUSES:
+            self.gate.throttled(site, result.retry_after, self.loop.time() - started)
+        elif result.outcome is None:
+            self.gate.succeeded(site)
+
+    # -- robots.txt -------------------------------------------------------------------------
+
+    async def _fetch_robots(self, origin: str, site: str, host: str, slot: bool = True):
+        """Fetch ``origin``'s robots.txt (in a slot of its site, unless for a redirect), then
+        let the images that waited for it go."""
+        settings, loop = self.settings, self.loop
+        deadline = loop.time() + settings.total_deadline
+        attempt = 0
+        try:
+            while True:  # retried like an image (in place: rare, and its images wait anyway)
+                attempt += 1
+                started = loop.time()
+                result = await self.client.fetch_robots(robots_url(origin), deadline=deadline)
+                self._heard_from(host, site, result, started)
+                if result.http_status in THROTTLE_STATUSES:
+                    break  # the site is paused: its images wait or end, robots.txt with them
+                answered = self.breaker.answered(host)
+                wait = retry_delay(settings, result, attempt, deadline - loop.time(), answered)
+                if wait is None or self.breaker.open_reason(host) is not None:
+                    break
+                await asyncio.sleep(wait)
+        finally:
+            if slot:
+                self.fetching -= 1
+                self._free(site)
+            self.robots_tasks.pop(origin, None)
+        self.owner.politeness["robots_txt_fetched"] += 1
+        throttled = result.http_status in THROTTLE_STATUSES
+        if throttled and self.robots_throttles[origin] + 1 < settings.max_attempts:
+            self.robots_throttles[origin] += 1  # no verdict: asked again after the pause
+        else:
+            verdict = self.robots.record(origin, result)
+            if verdict.failure is not None:
+                self.owner.politeness["robots_txt_unavailable"] += 1
+            elif verdict.crawl_delay:
+                self.gate.crawl_delay(site, min(verdict.crawl_delay, _CRAWL_DELAY_CAP))
+        for job in self.parked.pop(origin, []):
+            self.queue.unpark(job)
+        self.touched.add(site)
+        self.gate.changed.add(site)  # a pause may have begun while they waited
+        self.wake.set()
+
+    async def _allow_hop(self, url: str) -> FetchResult | None:
+        """A redirect to another origin: that origin's robots.txt decides too."""
+        origin = origin_of(url)
+        verdict = self.robots.verdict(origin)
+        if verdict is None:
+            task = self.robots_tasks.get(origin)
+            if task is None:
+                host = (urlsplit(url).hostname or "").lower()
+                task = asyncio.ensure_future(
+                    self._fetch_robots(origin, site_of(host), host, slot=False)
+                )
+                self.robots_tasks[origin] = task
+            await asyncio.shield(task)
+            verdict = self.robots.verdict(origin)
+        return _refusal(verdict, url, 0)
+
+
+def _refusal(verdict: RobotsVerdict | None, url: str, attempts: int) -> FetchResult | None:
+    """The result ending an image that robots.txt keeps us from requesting, or None."""
+    if verdict is None:
+        return None
+    if verdict.failure is not None:
+        failure = verdict.failure
+        return FetchResult(
+            failure.outcome, failure.http_status, failure.error, attempts=attempts, final=True
+        )
+    if not verdict.allows(url):
+        return FetchResult(
+            "robots_disallowed",
+            error=f"robots.txt disallows it for {PRODUCT_TOKEN}",
+            attempts=attempts,
+            final=True,
+        )
+    return None
+
+
+def critical_backlog(settings: DownloadSettings, total_waiting: int) -> int:
+    """Images waiting on one site that make it the critical path while the decoders are behind.
+
+    A site holding more than ``per_site / max_concurrency`` of the remaining images would take
+    longer at ``per_site`` at a time than the rest at full concurrency; never fewer than two
+    rounds of its slots, so the sites of a run's last few images are not all critical.
     """
-    share = total_waiting * settings.per_host // max(1, settings.max_concurrency)
-    return max(2 * settings.per_host, share)
+    share = total_waiting * settings.per_site // max(1, settings.max_concurrency)
+    return max(2 * settings.per_site, share)
 
 
 def _run_on_new_loop(make: Callable) -> None:

@@ -16,14 +16,19 @@ import pandas as pd
 
 from mmc4_assets.corpus.atomic import remove_stale_temporaries
 from mmc4_assets.corpus.status import ALL_COLUMNS, normalize_status, read_status
+from mmc4_assets.storage import DataStore, LocalStore
 
 from ..fetching.urls import InvalidUrl, check_url, host_of
+from ..politeness.broker import SiteBroker, local_link, open_broker
+from ..politeness.robots import origin_of
+from ..politeness.robots_cache import RobotsCache
+from ..politeness.sites import site_of
 from ..refs import ImageRef
 from ..settings import DownloadSettings, tls_context
 from ..storing.names import NameAllocator, contained_path
 from ..storing.store import ImageJob, check_local_copy, failure_row, held_copy, remove_file
 from .fetch_loop import FetchLoop, ProgressInfo, tune_memory
-from .fetch_workers import fetch_in_workers, share_of, split_by_host, worker_count
+from .fetch_workers import fetch_in_workers, share_of, split_by_site, worker_count
 
 __all__ = ["ProgressInfo", "download_shard"]
 
@@ -47,6 +52,8 @@ def download_shard(
     progress: Callable[[ProgressInfo], None] | None = None,
     progress_interval: float = 2.0,
     held: Mapping[str, int] | None = None,
+    robots_store: DataStore | None = None,
+    stats: dict | None = None,
 ) -> pd.DataFrame:
     """Download the shard's images into ``data_dir/images/{shard}``; return its status table.
 
@@ -57,15 +64,24 @@ def download_shard(
     once when ``settings.ca_bundle`` cannot be used. ``held`` ({relative path: size}, a listing
     of the shard's stored objects) stands in for the disk when the data folder is an object
     store: an image whose previous row is ok with that path and size is held, not fetched.
+
+    Politeness: every site's slots come from the ledger at ``settings.sites_url`` (shared with
+    every run that names it), robots.txt entries from ``robots_store`` (default: the data
+    folder). ``stats``, when given, receives what politeness did (robots.txt fetched and cached,
+    throttles, the ledger's cost).
     """
     tls_context(settings.ca_bundle)  # an unusable CA bundle stops the run before any work
     tune_memory()
     run = _ShardRun(int(shard), settings, progress, progress_interval)
     run.held = held
+    run.robots = RobotsCache(robots_store or LocalStore(Path(data_dir)))
     if previous is None:
         previous = read_status(data_dir, shard)
     folder = Path(data_dir) / "images" / str(shard)
-    return run.execute(folder, list(refs), _previous_rows(previous), targets)
+    table = run.execute(folder, list(refs), _previous_rows(previous), targets)
+    if stats is not None:
+        stats.update(run.politeness)
+    return table
 
 
 class _ShardRun(FetchLoop):
@@ -74,6 +90,7 @@ class _ShardRun(FetchLoop):
     def __init__(self, shard, settings, progress, progress_interval) -> None:
         super().__init__(shard, settings, progress, progress_interval)
         self.held: Mapping[str, int] | None = None  # stored objects, when not on this disk
+        self.robots: RobotsCache | None = None
         self.rows: list[tuple | None] = []
 
     # -- planning ---------------------------------------------------------------------------
@@ -102,15 +119,14 @@ class _ShardRun(FetchLoop):
                 remove_file(job)
                 continue
             job.host = host_of(ref.url)
+            job.site = site_of(job.host)
+            job.origin = origin_of(ref.url)
             jobs.append(job)
         self._report()
         with ThreadPoolExecutor(self._decoders, thread_name_prefix="mmc4-decode") as pool:
             network = self._check_local_copies(jobs, pool, refresh=targets is not None)
-            workers = worker_count(self.settings, len(network))
-            if workers > 1:
-                self._fetch_in_workers(split_by_host(network, workers))
-            elif network:
-                self._fetch_here(network, pool)
+            if network:
+                self._fetch(network, pool)
         self._report()
         return normalize_status(pd.DataFrame.from_records(self.rows, columns=ALL_COLUMNS))
 
@@ -148,11 +164,42 @@ class _ShardRun(FetchLoop):
         # heap; tuples are a third the size and live in Python's own small-object arenas.
         self.rows[position] = tuple(row.get(name) for name in ALL_COLUMNS)
 
-    def _fetch_in_workers(self, groups: list[list[ImageJob]]) -> None:
+    def _fetch(self, jobs: list[ImageJob], pool: ThreadPoolExecutor) -> None:
+        """Fetch over the network, with the run's site broker and its robots.txt cache."""
+        settings = self.settings
+        if settings.respect_robots_txt and self.robots is not None:
+            self.robots_cache = self.robots.load(job.origin for job in jobs)
+        broker = open_broker(settings)
+        try:
+            workers = worker_count(settings, len(jobs))
+            if workers > 1:
+                self._fetch_in_workers(split_by_site(jobs, workers), broker)
+            else:
+                self._fetch_here(jobs, pool, local_link(broker))
+        finally:
+            broker.close()
+            self.politeness["ledger_transactions"] += broker.stats["ledger_transactions"]
+            self.politeness["ledger_ms"] += round(1000 * broker.stats["ledger_seconds"])
+            self.politeness["ledger_errors"] += broker.stats["ledger_errors"]
+            if self.robots is not None and self.robots_fetched:
+                self.robots.save(self.robots_fetched)
+
+    def _fetch_in_workers(self, groups: list[list[ImageJob]], broker: SiteBroker) -> None:
         def tick(received: int) -> None:
             with self._lock:
                 self._bytes = received
             self._report()
 
         share = share_of(self.settings, len(groups), self._decoders)
-        fetch_in_workers(groups, share, self.shard, self._finish, tick, self.progress_interval)
+        fetched, politeness = fetch_in_workers(
+            groups,
+            share,
+            self.shard,
+            self._finish,
+            tick,
+            self.progress_interval,
+            broker,
+            self.robots_cache,
+        )
+        self.robots_fetched.extend(fetched)
+        self.politeness.update(politeness)

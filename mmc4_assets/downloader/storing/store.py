@@ -34,6 +34,8 @@ class ImageJob:
     relpath: str
     previous: dict | None
     host: str = ""
+    site: str = ""  # the host's registrable domain: the unit of politeness
+    origin: str = ""  # scheme://host:port: the unit of robots.txt
     conditional: bool = False
     have_copy: bool = False  # a valid copy is on disk (refresh of a target)
     attempts: int = 0

@@ -1,0 +1,314 @@
+"""The run's site broker: one thread, one ledger connection, serving every fetch loop of the run.
+
+Fetch loops (in this process or in fetch worker processes) send it what they want; it batches
+their wants into one ledger transaction per turn, renews the run's leases, polls the ledger for
+sites other runs paused or throttled, and answers each loop with its slots and site states. A
+run holds one database connection, whatever its fetch processes, and a killed run's slots come
+back when their lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .ledger import LedgerUnavailable, SiteLedger, SiteState
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.1  # how often other runs' throttles are looked up: the bound on a pause's spread
+_RETRY_SHORT_S = 0.5  # a site whose slots other runs hold is asked again after this
+_CREDIT_S = 1.0  # successes at a lowered budget are reported this often
+_WARN_EVERY_S = 30.0
+
+
+@dataclass
+class BrokerSettings:
+    """What the broker needs of the download settings."""
+
+    ledger_url: str | None
+    lease_seconds: float
+    backoff_base: float
+    pause_cap: float
+
+
+class SiteBroker:
+    """Owns the run's leases; ``connect`` a fetch loop, ``submit`` its messages, ``close``."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._ledger = SiteLedger.open(settings.ledger_url, settings.lease_seconds)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._clients: dict[int, Callable[[list], None]] = {}
+        self._owner: dict[str, int] = {}
+        self._wanted: dict[str, int] = {}
+        self._held: dict[str, list[int]] = {}
+        self._budget: dict[str, int] = {}  # configured budget per site, from the wants
+        self._retry_at: dict[str, float] = {}
+        self._credits: dict[str, list[int]] = {}  # site -> [successes, budget]
+        self._stop = threading.Event()
+        self._last_change: float | None = None
+        self._next_poll = self._next_renew = self._next_credit = 0.0
+        self._down_since: float | None = None
+        self._warned_at = 0.0
+        self.stats = {"ledger_transactions": 0, "ledger_seconds": 0.0, "ledger_errors": 0}
+        self._thread = threading.Thread(target=self._run, name="mmc4-site-broker", daemon=True)
+        self._thread.start()
+
+    # -- the fetch loops' side -----------------------------------------------------------------
+
+    def connect(self, deliver: Callable[[list], None]) -> int:
+        """Register a fetch loop; ``deliver(messages)`` is called from the broker's thread."""
+        client = len(self._clients) + 1
+        self._clients[client] = deliver
+        return client
+
+    def submit(self, client: int, messages: list[tuple]) -> None:
+        """Messages from a fetch loop (any thread)."""
+        self._inbox.put((client, messages))
+
+    def close(self) -> None:
+        """Give back every slot of the run and stop."""
+        self._stop.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+        try:
+            self._ledger.release_all(self.holder)
+        except LedgerUnavailable:
+            pass  # the leases expire on their own
+        finally:
+            self._ledger.close()
+
+    def __enter__(self) -> SiteBroker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            timeout = max(0.0, min(self._next_poll, self._due_retry()) - time.monotonic())
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                item = False
+            batch = []
+            while item:
+                batch.append(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = False
+            if item is None:
+                return
+            try:
+                self._turn(batch)
+                self._down_since = None
+            except LedgerUnavailable as error:
+                self._unavailable(error)
+                time.sleep(0.5)
+            except Exception:  # noqa: BLE001 - the run goes on with the slots it holds
+                log.exception("site broker: unexpected error")
+                time.sleep(0.5)
+
+    def _due_retry(self) -> float:
+        short = [at for site, at in self._retry_at.items() if site in self._wanted]
+        return min(short, default=self._next_poll)
+
+    def _timed(self, action, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return action(*args, **kwargs)
+        finally:
+            self.stats["ledger_transactions"] += 1
+            self.stats["ledger_seconds"] += time.perf_counter() - started
+
+    def _turn(self, batch: list) -> None:
+        answers: dict[int, list[tuple]] = {}
+        try:
+            self._work(batch, answers)
+        finally:  # what was decided reaches the loops even when a later step failed
+            for client, messages in answers.items():
+                try:
+                    self._clients[client](messages)
+                except Exception:  # noqa: BLE001 - a worker that died; the run notices
+                    log.debug("site broker: could not answer fetch loop %s", client)
+
+    def _work(self, batch: list, answers: dict) -> None:
+        for client, messages in batch:
+            for message in messages:
+                self._apply(client, message, answers)
+        now = time.monotonic()
+        self._release_surplus(answers)
+        self._acquire(now, answers)
+        if now >= self._next_renew:
+            self._next_renew = now + self.settings.lease_seconds / 3
+            self._renew(answers)
+        if now >= self._next_poll:
+            self._next_poll = now + _POLL_S
+            self._poll(answers)
+        if now >= self._next_credit and self._credits:
+            self._next_credit = now + _CREDIT_S
+            credits, self._credits = self._credits, {}
+            for site, (count, budget) in credits.items():
+                self._tell_state(self._timed(self._ledger.credit, site, count, budget), answers)
+
+    def _apply(self, client: int, message: tuple, answers: dict) -> None:
+        kind, site = message[0], message[1]
+        if kind == "want":
+            self._owner[site] = client
+            total, self._budget[site] = message[2], message[3]
+            if total:
+                self._wanted[site] = total
+            else:
+                self._wanted.pop(site, None)
+                self._retry_at.pop(site, None)
+        elif kind == "throttle":
+            _, _, retry_after, started_ago, budget = message
+            self._owner.setdefault(site, client)
+            state = self._timed(
+                self._ledger.throttle,
+                site,
+                budget=budget,
+                retry_after=retry_after,
+                started_ago=started_ago,
+                backoff_base=self.settings.backoff_base,
+                pause_cap=self.settings.pause_cap,
+            )
+            self._budget[site] = budget
+            self._tell_state(state, answers)
+        elif kind == "success":
+            _, _, count, budget = message
+            entry = self._credits.setdefault(site, [0, budget])
+            entry[0] += count
+        elif kind == "crawl_delay":
+            self._timed(self._ledger.set_crawl_delay, site, message[2])
+        elif kind == "rest":
+            self._timed(self._ledger.rest, site, message[2])
+
+    def _release_surplus(self, answers: dict) -> None:
+        surplus: dict[str, list[int]] = {}
+        for site, slots in list(self._held.items()):
+            keep = self._wanted.get(site, 0)
+            if len(slots) > keep:
+                slots.sort()
+                surplus[site] = slots[keep:]
+                del slots[keep:]
+                if not slots:
+                    del self._held[site]
+                self._tell_held(site, answers)
+        if surplus:
+            self._timed(self._ledger.release, self.holder, surplus)
+
+    def _acquire(self, now: float, answers: dict) -> None:
+        wants = {}
+        for site, total in self._wanted.items():
+            more = total - len(self._held.get(site, ()))
+            if more > 0 and self._retry_at.get(site, 0.0) <= now:
+                wants[site] = (more, self._budget_for(site, total))
+        if not wants:
+            return
+        granted, states = self._timed(self._ledger.acquire, self.holder, wants)
+        for site in wants:
+            got = granted.get(site, [])
+            if got:
+                self._held.setdefault(site, []).extend(got)
+            short = len(self._held.get(site, ())) < self._wanted[site]
+            if short:
+                self._retry_at[site] = now + _RETRY_SHORT_S
+            else:
+                self._retry_at.pop(site, None)
+            self._tell_held(site, answers, short=short)
+            state = states.get(site)
+            if state is not None and (state.pause_left > 0 or state.budget(1 << 30) < (1 << 30)):
+                self._tell_state(state, answers)
+
+    def _budget_for(self, site: str, total: int) -> int:
+        return self._budget.get(site, total)
+
+    def _renew(self, answers: dict) -> None:
+        if not self._held:
+            return
+        budgets = {site: self._budget_for(site, len(s)) for site, s in self._held.items()}
+        held, states = self._timed(self._ledger.renew, self.holder, budgets)
+        for site in list(self._held):
+            now_held = sorted(held.get(site, []))
+            if now_held != sorted(self._held[site]):
+                if now_held:
+                    self._held[site] = now_held
+                else:
+                    del self._held[site]
+                self._tell_held(site, answers)
+        for state in states.values():
+            if state.pause_left > 0 or state.cap is not None or state.crawl_delay:
+                self._tell_state(state, answers)
+
+    def _poll(self, answers: dict) -> None:
+        changed, self._last_change = self._timed(self._ledger.changed_since, self._last_change)
+        for state in changed:
+            if state.site in self._owner:
+                self._tell_state(state, answers)
+
+    def _tell_held(self, site: str, answers: dict, short: bool = False) -> None:
+        client = self._owner.get(site)
+        if client is not None:
+            count = len(self._held.get(site, ()))
+            answers.setdefault(client, []).append(("held", site, count, short))
+
+    def _tell_state(self, state: SiteState, answers: dict) -> None:
+        client = self._owner.get(state.site)
+        if client is None:
+            return
+        budget = None
+        if state.crawl_delay:
+            budget = 1
+        elif state.cap is not None:
+            budget = state.cap
+        message = ("state", state.site, state.pause_left, budget, state.cap is not None)
+        answers.setdefault(client, []).append(message)
+
+    def _unavailable(self, error: LedgerUnavailable) -> None:
+        now = time.monotonic()
+        self.stats["ledger_errors"] += 1
+        if self._down_since is None:
+            self._down_since = now
+        if now - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(
+                "site ledger unreachable for %.0fs (%s): the run keeps the slots it holds and "
+                "waits for the rest",
+                now - self._down_since,
+                error,
+            )
+
+
+def open_broker(settings) -> SiteBroker:
+    """The broker of a run with these DownloadSettings."""
+    return SiteBroker(
+        BrokerSettings(
+            ledger_url=settings.sites_url,
+            lease_seconds=settings.site_lease_seconds,
+            backoff_base=settings.backoff_base,
+            pause_cap=settings.retry_after_cap,
+        )
+    )
+
+
+def local_link(broker: SiteBroker):
+    """``connect`` for a fetch loop in the broker's own process (workers link through pipes)."""
+
+    def connect(deliver: Callable[[list], None]) -> Callable[[list], None]:
+        client = broker.connect(deliver)
+        return lambda messages: broker.submit(client, messages)
+
+    return connect

@@ -1,0 +1,164 @@
+"""The fetch loop's side of the site budget: which sites it may send requests to, and how many.
+
+A fetch loop says how many slots it wants per site (``want``) and reports what sites tell it
+(``throttled``, ``succeeded``, ``crawl_delay``); the run's broker, in another thread or process,
+answers with slots held and site states (``receive``). Nothing here waits: messages are queued
+and sent by ``flush`` once per loop turn, so the coordination stays off the per-image path.
+
+Local reflexes do not wait for the ledger: a throttle pauses the site here at once, and a
+Crawl-delay spaces this loop's requests to the site; the ledger then tells every other run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .sites import SiteBudgets
+
+
+class SiteGate:
+    """Per-site slots and pauses as this fetch loop knows them; single-threaded (the loop's)."""
+
+    def __init__(
+        self,
+        send: Callable[[list[tuple]], None] | None,
+        budgets: SiteBudgets,
+        *,
+        backoff_base: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.send = send  # set once the loop is linked to the broker
+        self.budgets = budgets
+        self.backoff_base = backoff_base
+        self.clock = clock
+        self.held: dict[str, int] = {}
+        self.wanted: dict[str, int] = {}
+        self.starved: set[str] = set()  # wanted more than the broker could get
+        self.paused_until: dict[str, float] = {}  # clock time; only future pauses matter
+        self.budget_now: dict[str, int] = {}  # lowered budgets, Crawl-delay's 1
+        self.crawl_delays: dict[str, float] = {}
+        self._capped: set[str] = set()  # sites whose budget was lowered: successes count
+        self._successes: dict[str, int] = {}
+        self._outbox: list[tuple] = []
+        self.changed: set[str] = set()  # sites whose limit or pause changed since last look
+        self.on_change: Callable[[], None] | None = None
+        self.throttles = 0  # 429/503 answers this loop received
+        self.paused_sites: set[str] = set()  # sites this loop saw paused, by anyone
+
+    # -- what the loop asks --------------------------------------------------------------------
+
+    def budget(self, site: str) -> int:
+        """The site's budget now: configured, lowered after throttling, 1 under a Crawl-delay."""
+        if site in self.crawl_delays:
+            return 1
+        return min(self.budgets(site), self.budget_now.get(site, 1 << 30))
+
+    def limit(self, site: str, now: float) -> int:
+        """Requests this loop may have in flight to ``site`` now (0 while it is paused)."""
+        if self.paused_until.get(site, 0.0) > now:
+            return 0
+        return min(self.held.get(site, 0), self.budget(site))
+
+    def pause_end(self, site: str) -> float:
+        return self.paused_until.get(site, 0.0)
+
+    def want(self, site: str, total: int) -> None:
+        """Hold ``total`` slots of ``site`` (0: give them all back)."""
+        total = max(0, min(total, self.budget(site)))
+        if self.wanted.get(site, 0) == total:
+            return
+        if total:
+            self.wanted[site] = total
+        else:
+            self.wanted.pop(site, None)
+            self.starved.discard(site)
+        self._outbox.append(("want", site, total, self.budgets(site)))
+
+    def in_play(self, site: str) -> bool:
+        return site in self.wanted
+
+    # -- what sites told the loop --------------------------------------------------------------
+
+    def throttled(self, site: str, retry_after: float | None, started_ago: float) -> None:
+        """A 429/503: pause the site here at once; the ledger decides for how long for all."""
+        self.throttles += 1
+        now = self.clock()
+        guess = retry_after if retry_after is not None else self.backoff_base
+        self._pause(site, now + guess)
+        self._outbox.append(("throttle", site, retry_after, started_ago, self.budgets(site)))
+
+    def succeeded(self, site: str) -> None:
+        """A body from a site whose budget was lowered: successes earn it back."""
+        if site in self._capped:
+            self._successes[site] = self._successes.get(site, 0) + 1
+
+    def crawl_delay(self, site: str, delay: float) -> None:
+        """robots.txt asks for ``delay`` seconds between requests: one connection, spaced."""
+        if delay > self.crawl_delays.get(site, 0.0):
+            self.crawl_delays[site] = delay
+            self.changed.add(site)
+            self._outbox.append(("crawl_delay", site, delay))
+
+    def started(self, site: str) -> None:
+        """A request to ``site`` started: under a Crawl-delay the next waits that long."""
+        delay = self.crawl_delays.get(site)
+        if delay:
+            self._pause(site, self.clock() + delay, quiet=True)
+
+    def _pause(self, site: str, until: float, quiet: bool = False) -> None:
+        if until > self.paused_until.get(site, 0.0):
+            self.paused_until[site] = until
+            self.changed.add(site)
+            if not quiet:
+                self.paused_sites.add(site)
+
+    # -- the broker's side ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what accumulated since the last turn (one message, or none)."""
+        for site, count in self._successes.items():
+            self._outbox.append(("success", site, count, self.budgets(site)))
+        self._successes.clear()
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
+            self.send(outbox)
+
+    def release_rest(self, site: str) -> None:
+        """The loop is done with a Crawl-delay site: other runs wait out the delay too."""
+        delay = self.crawl_delays.get(site)
+        if delay:
+            left = self.paused_until.get(site, 0.0) - self.clock()
+            if left > 0:
+                self._outbox.append(("rest", site, left))
+
+    def receive(self, messages: list[tuple]) -> None:
+        """Apply the broker's answers: ("held", site, n, short) and ("state", site, ...)."""
+        now = self.clock()
+        for message in messages:
+            kind, site = message[0], message[1]
+            if kind == "held":
+                _, _, count, short = message
+                if count:
+                    self.held[site] = count
+                else:
+                    self.held.pop(site, None)
+                if short and site in self.wanted:
+                    self.starved.add(site)
+                else:
+                    self.starved.discard(site)
+            elif kind == "state":
+                _, _, pause_left, budget, capped = message
+                if pause_left > 0:
+                    self._pause(site, now + pause_left)
+                if budget is None:
+                    self.budget_now.pop(site, None)
+                else:
+                    self.budget_now[site] = budget
+                if capped:
+                    self._capped.add(site)
+                else:
+                    self._capped.discard(site)
+            self.changed.add(site)
+        if self.on_change is not None:
+            self.on_change()
