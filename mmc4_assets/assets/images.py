@@ -29,6 +29,7 @@ from mmc4_assets.corpus.status import (
     write_status,
 )
 from mmc4_assets.downloader import ProgressInfo, download_shard
+from mmc4_assets.downloader.politeness import COUNTERS as POLITENESS_COUNTERS
 from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import (
@@ -70,20 +71,6 @@ def _outcome_counts(summary: dict) -> dict[str, int]:
     return {f"outcome_{o}": summary["outcomes"].get(o, 0) for o in OUTCOMES}
 
 
-# What politeness did in a shard's run, as the engine counts it (metadata of downloaded_images).
-POLITENESS_METADATA = (
-    "robots_txt_fetched",
-    "robots_txt_from_cache",
-    "robots_txt_unavailable",
-    "throttles",
-    "sites_paused",
-    "sites_with_crawl_delay",
-    "most_requests_per_site",
-    "ledger_transactions",
-    "ledger_ms",
-)
-
-
 def _images_metadata(
     summary: dict, attempted: int, wall: float, folder: dg.MetadataValue, politeness: dict
 ) -> dict:
@@ -97,7 +84,7 @@ def _images_metadata(
         "images_per_second": rounded(attempted / wall if wall else 0.0),
         "wall_seconds": rounded(wall),
         "folder": folder,
-        **{name: int(politeness.get(name, 0)) for name in POLITENESS_METADATA},
+        **{name: int(politeness.get(name, 0)) for name in POLITENESS_COUNTERS},
     }
 
 

@@ -42,6 +42,7 @@ class LocalServer:
                     server.requests.append((self.path, time.monotonic(), dict(self.headers)))
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
+                self.counted = True
                 try:
                     if server.latency:
                         time.sleep(server.latency)
@@ -53,6 +54,14 @@ class LocalServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
+                    self.answered()
+
+            def answered(self) -> None:
+                """The request stops counting as in flight: ``send`` calls this just before
+                the body's bytes go out, since the client may send its next request as soon as
+                it has them (before this thread runs again)."""
+                if self.counted:
+                    self.counted = False
                     with server._lock:
                         server.active -= 1
 
@@ -92,6 +101,9 @@ def send(h, status: int, body: bytes, ctype: str = "image/jpeg", headers: dict |
     for key, value in (headers or {}).items():
         h.send_header(key, value)
     h.end_headers()
+    answered = getattr(h, "answered", None)
+    if answered is not None:
+        answered()
     h.wfile.write(body)
 
 

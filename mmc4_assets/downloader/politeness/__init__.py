@@ -5,3 +5,18 @@ throttle state where every run of the deployment sees them; ``broker`` is a run'
 it; ``gate`` is a fetch loop's view; ``robots`` and ``robots_cache`` read, obey and keep
 robots.txt.
 """
+
+# What politeness did in a run, as the engine counts it (download_shard's ``stats``, and the
+# download step's metadata).
+COUNTERS = (
+    "robots_txt_fetched",  # robots.txt requests answered or failed (a 429/503 is asked again)
+    "robots_txt_from_cache",  # origins whose robots.txt came from the data store's cache
+    "robots_txt_unavailable",  # origins whose robots.txt failed (5xx, unreachable): retried later
+    "throttles",  # 429/503 answers received
+    "sites_paused",  # sites this run saw paused, by its own throttles or another run's
+    "sites_with_crawl_delay",
+    "most_requests_per_site",  # the most requests this run had in flight to one site
+    "ledger_transactions",  # the cost of sharing budgets: transactions with the site ledger
+    "ledger_ms",  # and the time they took
+    "ledger_errors",  # failed transactions (the ledger unreachable), retried
+)

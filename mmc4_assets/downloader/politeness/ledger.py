@@ -268,10 +268,12 @@ class SiteLedger:
                 state.cap,
                 state.credit,
             )
-            if state.throttled_at is not None and sent_at <= state.throttled_at:
+            throttled_at = state.throttled_at  # when the episode began: late answers keep it
+            if throttled_at is not None and sent_at <= throttled_at:
                 if retry_after is not None:
                     paused_until = max(paused_until, now + min(retry_after, pause_cap))
             else:
+                throttled_at = now
                 repeated = (
                     state.throttled_at is not None and now - state.throttled_at < REPEAT_WINDOW_S
                 )
@@ -288,9 +290,11 @@ class SiteLedger:
                 f"throttled_at = {self._marker}, strikes = {self._marker}, cap = {self._marker}, "
                 f"credit = {self._marker}, changed_at = {self._marker} "
                 f"WHERE site = {self._marker}",
-                [paused_until, now, strikes, cap, credit, now, site],
+                [paused_until, throttled_at, strikes, cap, credit, now, site],
             )
-            return SiteState(site, paused_until, now, strikes, cap, credit, state.crawl_delay, now)
+            return SiteState(
+                site, paused_until, throttled_at, strikes, cap, credit, state.crawl_delay, now
+            )
 
     def credit(self, site: str, successes: int, budget: int) -> SiteState:
         """Successes at a lowered budget: it grows by one for every ``cap`` of them."""

@@ -19,6 +19,7 @@ from mmc4_assets.corpus.status import ALL_COLUMNS, normalize_status, read_status
 from mmc4_assets.storage import DataStore, LocalStore
 
 from ..fetching.urls import InvalidUrl, check_url, host_of
+from ..politeness import COUNTERS
 from ..politeness.broker import SiteBroker, local_link, open_broker
 from ..politeness.robots import origin_of
 from ..politeness.robots_cache import RobotsCache
@@ -80,6 +81,7 @@ def download_shard(
     folder = Path(data_dir) / "images" / str(shard)
     table = run.execute(folder, list(refs), _previous_rows(previous), targets)
     if stats is not None:
+        stats.update(dict.fromkeys(COUNTERS, 0))
         stats.update(run.politeness)
     return table
 
