@@ -553,7 +553,7 @@ class LoopbackWeb:
             self._times: defaultdict[str, list[float]] = defaultdict(list)
             self._inflight = [0] * self.hosts
             self._max_inflight = [0] * self.hosts
-            self.total_requests = 0
+            self.total_requests = 0  # for images: every path but /robots.txt
 
     def requests_for(self, path: str) -> int:
         """Requests a path got, over all hosts (``path`` may be a full URL)."""
@@ -574,7 +574,7 @@ class LoopbackWeb:
         with self._lock:
             self._counts[path] += 1
             self._times[path].append(now)
-            self.total_requests += 1
+            self.total_requests += path != "/robots.txt"
             self._inflight[host] += 1
             self._max_inflight[host] = max(self._max_inflight[host], self._inflight[host])
             return self._counts[path]
