@@ -220,6 +220,11 @@ def stack(request, tmp_path, docs_server) -> Iterator[Stack]:
     dagster.yaml, with DAGSTER_HOME the root as the Makefile sets it."""
     root = project_root_copy(tmp_path / "project")
     with running_stack({"DAGSTER_HOME": str(root)}, tmp_path, docs_server, root) as started:
+        if request.param == "webserver + daemon":
+            # A deployment's first step; else the two create the new SQLite storage at once.
+            migrate = [str(BIN / "dagster"), "instance", "migrate"]
+            done = subprocess.run(migrate, cwd=root, env=started.env, capture_output=True)
+            assert done.returncode == 0, done.stderr[-3000:]
         for name, command in ui_commands(request.param, started.port).items():
             started.start(name, command)
         yield started
