@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The instance: dagster_home/dagster.yaml configures it; its history is kept beside it.
-DAGSTER_HOME ?= $(CURDIR)/dagster_home
+# The instance: dagster.yaml, here at the root, configures it and keeps its history in .dagster/.
+# DAGSTER_HOME is always the root (a DAGSTER_HOME of your shell would leave dagster.yaml unused);
+# `make ui DAGSTER_HOME=...` picks another instance.
+DAGSTER_HOME := $(CURDIR)
 export DAGSTER_HOME
 
 .PHONY: env libmagic postgresql test demo ui lint bench clean

@@ -14,8 +14,9 @@ import dagster as dg
 import orjson
 import pytest
 
+from mmc4_assets_tests.instance_files import PROJECT_ROOT, write_home
+
 BIN = Path(sys.executable).parent
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ASSET_KEYS = {
     *("raw_docs", "reassigned_docs", "downloaded_images", "status_report", "corpus_summary"),
     "training_shards",
@@ -34,19 +35,23 @@ MATERIALIZE_DOCS = {
 }
 
 
-def run_cli(args: list[str], env: dict, home: Path) -> subprocess.CompletedProcess:
-    """Run a command of the project's venv from the project root, as a user with it activated."""
-    home.mkdir(exist_ok=True)
-    config = (PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text()
-    (home / "dagster.yaml").write_text(config)
+def run_from(root: Path, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Run a command of the project's venv from `root` in `env` (the whole environment), as a user
+    with the venv activated."""
     return subprocess.run(
         [str(BIN / args[0]), *args[1:]],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **env, "DAGSTER_HOME": str(home), "VIRTUAL_ENV": sys.prefix},
+        cwd=root,
+        env={**env, "VIRTUAL_ENV": sys.prefix},
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def run_cli(args: list[str], env: dict, home: Path) -> subprocess.CompletedProcess:
+    """Run a command from the project root, on an instance in `home` with the project's settings."""
+    write_home(home)
+    return run_from(PROJECT_ROOT, args, {**os.environ, **env, "DAGSTER_HOME": str(home)})
 
 
 @pytest.mark.parametrize("command", list(MATERIALIZE_DOCS), ids=list(MATERIALIZE_DOCS))

@@ -32,6 +32,7 @@ from mmc4_assets.devtools.loopback_web import LoopbackWeb
 from mmc4_assets.downloader import iter_image_refs
 from mmc4_assets.run_health import live_runs
 from mmc4_assets_tests.conftest import SHARD, zip_shard
+from mmc4_assets_tests.instance_files import write_home
 from mmc4_assets_tests.materialize import materialize_shard
 
 BIN = Path(sys.executable).parent
@@ -105,12 +106,11 @@ def slow_web():
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch, slow_web):
-    """A persistent instance configured by the project's dagster.yaml, a 100-document shard whose
+    """A persistent instance with the project's dagster.yaml settings, a 100-document shard whose
     images are on the slow web, and the variables a user sets; the test process sees them too."""
     home, source, data = tmp_path / "home", tmp_path / "source", tmp_path / "data"
-    home.mkdir()
     source.mkdir()
-    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster_home/dagster.yaml").read_text())
+    write_home(home)
     plain = source / f"docs_no_face_shard_{SHARD}_v2.jsonl"
     write_sample_shard(plain, documents=100, seed=11, image_base_url=slow_web.base_urls[0])
     zip_shard(plain)

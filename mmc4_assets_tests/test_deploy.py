@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from mmc4_assets.assets.images import DOWNLOAD_RUN_TAGS
+from mmc4_assets_tests.instance_files import instance_settings
 from mmc4_assets_tests.servers.postgres import POSTGRES_DAGSTER_YAML, PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -107,7 +108,7 @@ def test_helm_storage_is_the_shipped_postgres_instance(values):
 
 
 def test_helm_queue_has_the_local_instance_limits_under_the_same_names(values):
-    local = yaml.safe_load((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
+    local = instance_settings()
     helm = values["concurrency"]
     assert helm["enabled"] is True
     ((tag, download),) = DOWNLOAD_RUN_TAGS.items()

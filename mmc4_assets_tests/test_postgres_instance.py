@@ -13,13 +13,13 @@ import yaml
 from mmc4_assets.corpus.status import read_status
 from mmc4_assets.resources import StalenessPolicy
 from mmc4_assets_tests.conftest import write_image_shard
+from mmc4_assets_tests.instance_files import ROOT_DAGSTER_YAML, instance_settings
 from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
-from mmc4_assets_tests.servers.postgres import POSTGRES_DAGSTER_YAML, PROJECT_ROOT
+from mmc4_assets_tests.servers.postgres import POSTGRES_DAGSTER_YAML
 from mmc4_assets_tests.test_schedule import evaluate
 from mmc4_assets_tests.test_sensor import PIPELINE, ImageHost, run_request, tick
 
 EVERY_SHARD_ASSET = "raw_docs reassigned_docs downloaded_images status_report"
-LOCAL_DAGSTER_YAML = PROJECT_ROOT / "dagster_home" / "dagster.yaml"
 
 
 @pytest.fixture
@@ -39,13 +39,15 @@ def table_counts(postgres_home, *tables: str) -> dict[str, int]:
     return counts
 
 
-def test_the_two_instance_files_differ_only_in_storage():
+def test_the_two_instance_files_differ_only_in_where_history_is_kept():
     """One set of queue and concurrency limits, whichever instance a user picks."""
-    local = yaml.safe_load(LOCAL_DAGSTER_YAML.read_text())
+    local = yaml.safe_load(ROOT_DAGSTER_YAML.read_text())
     postgres = yaml.safe_load(POSTGRES_DAGSTER_YAML.read_text())
-    assert "storage" not in local  # SQLite under $DAGSTER_HOME
+    assert set(local["storage"]) == {"sqlite"}  # and its files, under .dagster/
     assert set(postgres["storage"]) == {"postgres"}
-    assert {key: value for key, value in postgres.items() if key != "storage"} == local
+    assert {key: value for key, value in postgres.items() if key != "storage"} == (
+        instance_settings()
+    )
 
 
 def test_the_instance_is_postgres_through_psycopg2_with_the_shipped_limits(

@@ -22,10 +22,10 @@ import pytest
 import requests
 
 from mmc4_assets.corpus.shards import ALL_SHARDS
+from mmc4_assets_tests.instance_files import PROJECT_ROOT, project_root_copy
 from mmc4_assets_tests.servers.process import free_port
 
 BIN = Path(sys.executable).parent
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARD = "42"
 ASSETS = ["raw_docs", "reassigned_docs", "downloaded_images", "status_report"]
 IMPLICIT_ASSET_JOB = "__ASSET_JOB"
@@ -114,6 +114,7 @@ class Stack:
     data_dir: Path
     env: dict[str, str]
     log_dir: Path
+    root: Path = PROJECT_ROOT  # where its processes start: the project's root, or a copy of it
     logs: dict[str, Path] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _handles: list = field(default_factory=list)
@@ -123,14 +124,14 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, name: str, command: list[str]) -> None:
-        """Start one process from the project root, in its own process group (so that teardown
+        """Start one process from the stack's root, in its own process group (so that teardown
         reaches the code servers and runs it spawns), its output in a log of its own."""
         self.logs[name] = self.log_dir / f"{name.replace(' ', '_')}.log"
         handle = open(self.logs[name], "wb")  # noqa: SIM115 - closed in stop()
         self._handles.append(handle)
         self.processes[name] = subprocess.Popen(
             command,
-            cwd=PROJECT_ROOT,
+            cwd=self.root,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=handle,
@@ -173,11 +174,13 @@ class Stack:
         return body["data"]
 
 
-def _commands(kind: str, port: int) -> dict[str, list[str]]:
-    """What serves the UI: `dg dev` (what `make ui` runs), or the webserver and daemon of a
-    deployment, both from workspace.yaml."""
+def ui_commands(kind: str, port: int) -> dict[str, list[str]]:
+    """What serves the UI: `dg dev` (what `make ui` runs), the classic `dagster dev`, or the
+    webserver and daemon of a deployment, both from workspace.yaml."""
     if kind == "dg dev":
         return {"dg dev": [str(BIN / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)]}
+    if kind == "dagster dev":
+        return {"dagster dev": [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port)]}
     return {
         "webserver": [
             str(BIN / "dagster-webserver"),
@@ -188,9 +191,11 @@ def _commands(kind: str, port: int) -> dict[str, list[str]]:
 
 
 @contextlib.contextmanager
-def running_stack(home_env: dict[str, str], tmp_path: Path, docs_url: str) -> Iterator[Stack]:
+def running_stack(
+    home_env: dict[str, str], tmp_path: Path, docs_url: str, root: Path = PROJECT_ROOT
+) -> Iterator[Stack]:
     """A stack's environment (the instance given by `home_env`, data under tmp_path, shards from
-    `docs_url`) and port; whatever is started on it is always torn down."""
+    `docs_url`), port and root; whatever is started on it is always torn down."""
     env = {
         **os.environ,
         **home_env,
@@ -200,7 +205,9 @@ def running_stack(home_env: dict[str, str], tmp_path: Path, docs_url: str) -> It
         "PYTHONUNBUFFERED": "1",
         "VIRTUAL_ENV": sys.prefix,  # dg checks that the project's venv is the active one
     }
-    stack = Stack(port=free_port(), data_dir=tmp_path / "data", env=env, log_dir=tmp_path)
+    stack = Stack(
+        port=free_port(), data_dir=tmp_path / "data", env=env, log_dir=tmp_path, root=root
+    )
     try:
         yield stack
     finally:
@@ -209,12 +216,16 @@ def running_stack(home_env: dict[str, str], tmp_path: Path, docs_url: str) -> It
 
 @pytest.fixture(params=["dg dev", "webserver + daemon"])
 def stack(request, tmp_path, docs_server) -> Iterator[Stack]:
-    """The UI and the daemon on one temporary instance (the local dagster.yaml)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster_home" / "dagster.yaml").read_text())
-    with running_stack({"DAGSTER_HOME": str(home)}, tmp_path, docs_server) as started:
-        for name, command in _commands(request.param, started.port).items():
+    """The UI and the daemon started from the root of a copy of the project, on its instance: its
+    dagster.yaml, with DAGSTER_HOME the root as the Makefile sets it."""
+    root = project_root_copy(tmp_path / "project")
+    with running_stack({"DAGSTER_HOME": str(root)}, tmp_path, docs_server, root) as started:
+        if request.param == "webserver + daemon":
+            # A deployment's first step; else the two create the new SQLite storage at once.
+            migrate = [str(BIN / "dagster"), "instance", "migrate"]
+            done = subprocess.run(migrate, cwd=root, env=started.env, capture_output=True)
+            assert done.returncode == 0, done.stderr[-3000:]
+        for name, command in ui_commands(request.param, started.port).items():
             started.start(name, command)
         yield started
 

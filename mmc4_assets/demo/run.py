@@ -2,7 +2,8 @@
 
 It writes a sample shard shaped like real mmc4, serves it (zipped, as the corpus ships it) from a
 loopback HTTP server, serves its images from the project's loopback image host, and materializes
-every asset for partition 42 with `dg launch` against the persistent $DAGSTER_HOME.
+every asset for partition 42 with `dg launch` from the project root, on the project's instance
+(dagster.yaml at the root), which `make ui` shows.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def write_zipped_sample(folder: Path, image_base_url: str) -> Path:
 def main() -> int:
     data_dir = Path(os.environ.get("MMC4_DATA_DIR", "data")).absolute()
     source_dir = data_dir / "demo_source"
+    # The project's instance (the Makefile sets DAGSTER_HOME to the root too): dg reads its
+    # settings from $DAGSTER_HOME/dagster.yaml.
+    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT)
     with LoopbackWeb(hosts=1, latency_ms=20.0, port=IMAGE_PORT) as web:
         zipped = write_zipped_sample(source_dir, web.base_urls[0])
         docs_server = serve_folder(source_dir)
@@ -91,6 +95,7 @@ def main() -> int:
             "MMC4_ALLOW_PRIVATE_NETWORKS": "1",
             # dg checks that the project's venv is the active one; this interpreter's venv is.
             "VIRTUAL_ENV": sys.prefix,
+            "DAGSTER_HOME": str(home),
         }
         # The command a user types (README): `dg launch` from the project root.
         command = [
@@ -129,7 +134,7 @@ def main() -> int:
     for tar in existing_parts(data_dir, SHARD):
         print(f"  {tar}  ({sizes[tar.name]} samples, {tar.stat().st_size:,} bytes)")
     print(f"  {sizes_path(data_dir, SHARD)}  (samples per tar)")
-    print(f"\nSee the runs in the UI: make ui (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    print(f"\nSee the runs in the UI: make ui (the instance: {home / 'dagster.yaml'})")
     return 0
 
 
