@@ -215,4 +215,5 @@ def site_ledger_url(instance: dg.DagsterInstance) -> str:
     postgres_url = getattr(instance.run_storage, "postgres_url", None)
     if postgres_url:
         return postgres_url
-    return "sqlite:///" + os.path.join(instance.root_directory, "mmc4", "site_ledger.sqlite")
+    folder = os.path.abspath(instance.root_directory)
+    return "sqlite:///" + os.path.join(folder, "mmc4", "site_ledger.sqlite")

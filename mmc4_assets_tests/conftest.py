@@ -32,6 +32,7 @@ SLOW_TESTS = (
     "test_materialize_a_shard_from_the_ui",  # two stacks: `dg dev`, webserver + daemon
     "test_a_run_declared_dead_while_working_stops_writing",
     "test_materialize_docs_from_the_cli",  # three commands
+    "test_cli_runs_at_once_keep_a_sites_budget",  # three CLI runs at once
     "test_a_docs_run_killed_mid_fetch_does_not_wedge_the_rerun",
 )
 

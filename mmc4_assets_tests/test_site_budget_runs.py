@@ -1,0 +1,73 @@
+"""Download runs launched from the CLI at once, on one instance, share each site's budget.
+
+What a user on one machine does: several `dagster asset materialize` commands on one
+DAGSTER_HOME. Their site ledger is the instance's (a SQLite file in its folder); a budget set by
+MMC4_SITE_BUDGETS holds across all of them, and the runs' metadata says what politeness did.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+
+from mmc4_assets_tests.conftest import write_image_shard
+from mmc4_assets_tests.downloader.local_server import LocalServer, image_bytes, send
+from mmc4_assets_tests.instance_files import PROJECT_ROOT, write_home
+from mmc4_assets_tests.materialize import latest_metadata
+
+BIN = os.path.dirname(sys.executable)
+SHARDS = (1, 2, 3)
+
+
+def test_cli_runs_at_once_keep_a_sites_budget(tmp_path):
+    body = image_bytes(300, 200)
+    server = LocalServer({f"/{i}.jpg": (lambda h: send(h, 200, body)) for i in range(36)},
+                         latency=0.2)  # fmt: skip
+    source = tmp_path / "source"
+    source.mkdir()
+    for n, shard in enumerate(SHARDS):
+        urls = [server.url(f"/{n * 12 + i}.jpg") for i in range(12)]
+        write_image_shard(source, shard, urls)
+    home = write_home(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # its storage made once, before three processes would race to make it
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MMC4_DATA_DIR": str(tmp_path / "data"),
+        "MMC4_DOCS_URL": str(source),
+        "MMC4_ALLOW_PRIVATE_NETWORKS": "1",
+        "MMC4_SITE_BUDGETS": "127.0.0.1=2",  # what a sensor- or schedule-launched run reads too
+        "VIRTUAL_ENV": sys.prefix,
+    }
+    select = "raw_docs,downloaded_images,status_report"
+    try:
+        commands = [
+            subprocess.Popen(
+                [f"{BIN}/dagster", "asset", "materialize", "-m", "mmc4_assets"]
+                + ["--select", select, "--partition", str(shard)],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for shard in SHARDS
+        ]
+        outputs = [command.communicate(timeout=240)[0] for command in commands]
+    finally:
+        server.close()
+    assert [command.returncode for command in commands] == [0, 0, 0], outputs
+    assert server.fetches() == 36
+    assert server.max_active <= 2  # three runs, one site, one budget
+    assert (home / "mmc4" / "site_ledger.sqlite").is_file()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        metadata = [latest_metadata(instance, "downloaded_images", str(s)) for s in SHARDS]
+    assert all(m["ok"] == 12 and m["most_requests_per_site"] <= 2 for m in metadata)
+    assert all(m["ledger_transactions"] > 0 for m in metadata)
+    # robots.txt was asked for once per run at most, or read from the data folder's cache.
+    assert sum(m["robots_txt_fetched"] for m in metadata) == server.count("/robots.txt") >= 1
+    assert all(m["robots_txt_fetched"] + m["robots_txt_from_cache"] == 1 for m in metadata)
