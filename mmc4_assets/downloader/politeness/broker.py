@@ -24,6 +24,7 @@ from .ledger import LedgerUnavailable, SiteLedger, SiteState
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # how often other runs' throttles are looked up: the bound on a pause's spread
+_TURN_S = 0.02  # at most this often a turn: what arrives meanwhile goes in one transaction
 _RETRY_SHORT_S = 0.5  # a site whose slots other runs hold is asked again after this
 _CREDIT_S = 1.0  # successes at a lowered budget are reported this often
 _WARN_EVERY_S = 30.0
@@ -111,6 +112,7 @@ class SiteBroker:
                     item = False
             if item is None:
                 return
+            turn_started = time.monotonic()
             try:
                 self._turn(batch)
                 self._down_since = None
@@ -120,6 +122,7 @@ class SiteBroker:
             except Exception:  # noqa: BLE001 - the run goes on with the slots it holds
                 log.exception("site broker: unexpected error")
                 time.sleep(0.5)
+            self._stop.wait(max(0.0, turn_started + _TURN_S - time.monotonic()))
 
     def _due_retry(self) -> float:
         short = [at for site, at in self._retry_at.items() if site in self._wanted]

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 from .sites import SiteBudgets
 
+FLUSH_S = 0.02  # messages to the broker are coalesced over this long (a throttle goes at once)
+
 
 class SiteGate:
     """Per-site slots and pauses as this fetch loop knows them; single-threaded (the loop's)."""
@@ -41,6 +43,8 @@ class SiteGate:
         self._capped: set[str] = set()  # sites whose budget was lowered: successes count
         self._successes: dict[str, int] = {}
         self._outbox: list[tuple] = []
+        self._urgent = False  # a throttle waits for no coalescing
+        self._flushed_at = float("-inf")
         self.changed: set[str] = set()  # sites whose limit or pause changed since last look
         self.on_change: Callable[[], None] | None = None
         self.throttles = 0  # 429/503 answers this loop received
@@ -87,6 +91,7 @@ class SiteGate:
         guess = retry_after if retry_after is not None else self.backoff_base
         self._pause(site, now + guess)
         self._outbox.append(("throttle", site, retry_after, started_ago, self.budgets(site)))
+        self._urgent = True
 
     def succeeded(self, site: str) -> None:
         """A body from a site whose budget was lowered: successes earn it back."""
@@ -115,14 +120,25 @@ class SiteGate:
 
     # -- the broker's side ---------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Send what accumulated since the last turn (one message, or none)."""
+    def flush(self, force: bool = False) -> None:
+        """Send what accumulated (one message), at most every FLUSH_S but at once for a
+        throttle or when ``force``d; ``next_flush`` says when to call again if something is left."""
+        now = self.clock()
+        if not (force or self._urgent) and now - self._flushed_at < FLUSH_S:
+            return
         for site, count in self._successes.items():
             self._outbox.append(("success", site, count, self.budgets(site)))
         self._successes.clear()
         if self._outbox:
             outbox, self._outbox = self._outbox, []
+            self._flushed_at, self._urgent = now, False
             self.send(outbox)
+
+    def next_flush(self) -> float | None:
+        """When ``flush`` would send what is waiting (None: nothing is)."""
+        if not self._outbox and not self._successes:
+            return None
+        return self._flushed_at + FLUSH_S
 
     def release_rest(self, site: str) -> None:
         """The loop is done with a Crawl-delay site: other runs wait out the delay too."""

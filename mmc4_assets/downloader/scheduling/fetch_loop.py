@@ -256,6 +256,9 @@ class _Session:
                         wake_at = min(wake_at, retry_at)
                     if self.pause_ends:
                         wake_at = min(wake_at, self.pause_ends[0][0])
+                    flush_at = gate.next_flush()
+                    if flush_at is not None:
+                        wake_at = min(wake_at, flush_at)
                     try:
                         async with asyncio.timeout_at(wake_at):
                             await self.wake.wait()
@@ -268,7 +271,7 @@ class _Session:
                     await asyncio.gather(*self.tasks, return_exceptions=True)
                 for site in list(gate.wanted):
                     gate.want(site, 0)
-                gate.flush()
+                gate.flush(force=True)
                 self.owner.peak_held_bytes = self.meter.peak
                 self.owner.politeness["throttles"] += gate.throttles
                 self.owner.politeness["sites_paused"] += len(gate.paused_sites)
