@@ -833,6 +833,8 @@ class _Server:
                     return
         except (OSError, RuntimeError):  # the client hung up (uvloop: RuntimeError on write)
             return
+        except asyncio.CancelledError:  # the loop is shutting down: nothing to tell
+            return
         finally:
             self.connections.discard(writer)
             self.holding.discard(writer)
