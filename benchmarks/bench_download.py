@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -159,24 +161,62 @@ def audit_files(folder: Path) -> dict:
 # --------------------------------------------------------------------------- the three tools
 
 
-def run_ours(entries: list[dict], work: Path, ca_file: Path | None = None) -> dict:
-    refs = work / "refs.jsonl"
-    with open(refs, "w") as handle:
-        for i, entry in enumerate(entries):
-            row = {"doc": i // 5, "index": i % 5, "image_name": entry["image_name"]}
-            handle.write(json.dumps({**row, "url": entry["url"]}) + "\n")
+def run_ours(
+    entries: list[dict],
+    work: Path,
+    ca_file: Path | None = None,
+    settings: dict | None = None,
+    runs: int = 1,
+) -> dict:
+    """``runs`` download_shard processes at once into one data dir, each its own shard.
+
+    Every host's images are dealt round-robin over the shards, so the runs meet the same hosts
+    and sites at once (what several shard runs of one deployment do). Measured as one tree.
+    """
+    settings = dict(settings or {})
+    if ca_file is not None:
+        settings.setdefault("ca_bundle", str(ca_file))
+    shards: list[list[int]] = [[] for _ in range(runs)]
+    turn: Counter[str] = Counter()
+    for i, entry in enumerate(entries):
+        host = entry["url"].split("/")[2]
+        shards[turn[host] % runs].append(i)
+        turn[host] += 1
     data = work / "data"
-    cmd = [str(OURS_PYTHON), __file__, "--worker-ours", str(refs), str(data)]
+    cmds = []
+    for shard, members in enumerate(shards):
+        refs = work / f"refs-{shard}.jsonl"
+        with open(refs, "w") as handle:
+            for i in members:
+                entry = entries[i]
+                row = {"doc": i // 5, "index": i % 5, "image_name": entry["image_name"]}
+                handle.write(json.dumps({**row, "url": entry["url"]}) + "\n")
+        worker = [str(OURS_PYTHON), __file__, "--worker-ours", str(refs), str(data), str(shard)]
+        cmds.append([*worker, json.dumps(settings)])
+    if runs == 1:
+        cmd = cmds[0]
+    else:  # one small parent for the group, so the tree's CPU and memory are all of them
+        cmd = ["sh", "-c", " & ".join(shlex.join(c) for c in cmds) + " & wait"]
     env = dict(os.environ)
     if ca_file is not None:
-        cmd.append(str(ca_file))
         env.update(MMC4_CA_BUNDLE=str(ca_file), SSL_CERT_FILE=str(ca_file))
     result = run_measured(cmd, cwd=ROOT, log=work / "ours.log", env=env)
     result.update(audit_files(data / "images"))
-    summary = work / "summary.json"
-    if summary.exists():
-        result.update(json.loads(summary.read_text()))
-    result["ok"] = result.get("outcomes", {}).get("ok", 0)
+    outcomes: Counter[str] = Counter()
+    result["outcome_by_url"] = {}
+    for shard in range(runs):
+        summary = data.parent / f"summary-{shard}.json"
+        if not summary.exists():
+            continue
+        one = json.loads(summary.read_text())
+        outcomes.update(one["outcomes"])
+        result["outcome_by_url"].update(one["outcome_by_url"])
+        result["settings"] = one["settings"]
+        for key in ("startup_cpu_s", "step_cpu_s"):
+            result[key] = result.get(key, 0.0) + one[key]
+    result["outcomes"] = dict(outcomes)
+    result["ok"] = outcomes.get("ok", 0)
+    result["runs"] = runs
     return result
 
 
@@ -187,23 +227,19 @@ def _engine():
     return DownloadSettings, ImageRef, download_shard
 
 
-def _settings_trusting(settings_class, ca_file: str | None) -> dict:
-    """Keyword arguments that make the engine trust ``ca_file`` besides its defaults."""
-    if not ca_file:
-        return {}
-    return {"ca_bundle": ca_file}
+def worker_ours(refs_path: str, data_dir: str, shard: str, settings_json: str) -> None:
+    """Child-process side of run_ours: the project's downloader, default settings but for
+    ``allow_private_networks`` and what ``--ours-setting`` passes."""
+    import resource
 
-
-def worker_ours(refs_path: str, data_dir: str, ca_file: str | None = None) -> None:
-    """Child-process side of run_ours: the project's downloader with default settings."""
     import pandas as pd
 
     DownloadSettings, ImageRef, download_shard = _engine()
+    startup = resource.getrusage(resource.RUSAGE_SELF)
     with open(refs_path) as handle:
         rows = [json.loads(line) for line in handle]
     refs = [ImageRef(r["doc"], r["index"], r["image_name"], r["url"]) for r in rows]
-    trust = _settings_trusting(DownloadSettings, ca_file)
-    settings = DownloadSettings(allow_private_networks=True, **trust)
+    settings = DownloadSettings(**{"allow_private_networks": True, **json.loads(settings_json)})
 
     def progress(info) -> None:
         print(f"ours: {info.done}/{info.total} {info.images_per_second:.0f} img/s", flush=True)
@@ -211,18 +247,21 @@ def worker_ours(refs_path: str, data_dir: str, ca_file: str | None = None) -> No
     table: pd.DataFrame = download_shard(
         refs,
         data_dir=Path(data_dir),
-        shard=0,
+        shard=int(shard),
         settings=settings,
         previous=pd.DataFrame(),
         progress=progress,
         progress_interval=5.0,
     )
+    end = resource.getrusage(resource.RUSAGE_SELF)
     summary = {
-        "settings": {"max_concurrency": settings.max_concurrency, "per_host": settings.per_host},
+        "settings": {k: v for k, v in vars(settings).items() if k != "ca_bundle"},
         "outcomes": dict(Counter(table["outcome"])),
         "outcome_by_url": dict(zip(table["url"], table["outcome"], strict=True)),
+        "startup_cpu_s": startup.ru_utime + startup.ru_stime,  # interpreter and imports
+        "step_cpu_s": end.ru_utime + end.ru_stime,  # the step's own process, start-up included
     }
-    Path(data_dir).parent.joinpath("summary.json").write_text(json.dumps(summary))
+    Path(data_dir).parent.joinpath(f"summary-{shard}.json").write_text(json.dumps(summary))
 
 
 def run_img2dataset(
@@ -250,7 +289,7 @@ def run_img2dataset(
         "--enable_wandb=False",
     ]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    if ca_file is not None:  # urllib's default context reads it
+    if ca_file is not None:  # urllib makes a default context, reading this file, per request
         env["SSL_CERT_FILE"] = str(ca_file)
     result = run_measured(cmd, cwd=work, log=work / "img2dataset.log", env=env)
     result.update(audit_files(out))
@@ -402,39 +441,96 @@ def bench_loopback_web(args, work: Path) -> dict[str, tuple[int, dict]]:
 
 
 FAST = "ours, no latency"
+SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _web_config(args):
+    """RealWebConfig from --shape, --ip, --images, --hosts and every --web-set key=value."""
+    from dataclasses import fields
+
+    from mmc4_assets.devtools.real_web import OLD_SHAPE, RealWebConfig
+
+    options: dict = dict(OLD_SHAPE) if args.shape == "old" else {}
+    if args.ip:
+        options["names"] = False
+    if args.images:
+        options["images"] = args.images
+    if args.hosts:
+        options["hosts"] = args.hosts
+    kinds = {f.name: f.type for f in fields(RealWebConfig)}
+    for key, value in _pairs(args.web_set).items():
+        if key not in kinds:
+            raise SystemExit(f"--web-set: RealWebConfig has no field {key!r}")
+        options[key] = value
+    # the web stops by itself even if this script is killed hard
+    return RealWebConfig(**{"seed": args.seed, "max_runtime_s": 6 * 3600, **options})
+
+
+def _pairs(items: list[str] | None) -> dict:
+    """key=value pairs; values read as JSON when they parse (8, 0.5, true, null), else text."""
+    out = {}
+    for item in items or []:
+        key, _, text = item.partition("=")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+def img2dataset_trust(web_ca: Path, work: Path, which: str) -> Path:
+    """The CA file img2dataset's urllib loads for every HTTPS request.
+
+    ``system``: the system's bundle plus the web's CA, what it loads on the real web (~140
+    certificates: ~20 ms of CPU per request); ``web``: the web's CA alone (~0.2 ms).
+    """
+    if which == "web" or not SYSTEM_CA.exists():
+        return web_ca
+    combined = work / "ca-system-plus-web.pem"
+    combined.write_bytes(SYSTEM_CA.read_bytes() + b"\n" + web_ca.read_bytes())
+    return combined
 
 
 def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
     """Ours and img2dataset on RealWeb, then ours on the same URLs without latency or faults."""
-    from mmc4_assets.devtools.real_web import RealWeb, RealWebConfig
+    from mmc4_assets.devtools.real_web import RealWeb
 
-    default = RealWebConfig()
-    config = RealWebConfig(
-        images=args.images or default.images,
-        hosts=args.hosts or default.hosts,
-        seed=args.seed,
-        max_runtime_s=6 * 3600,  # the web stops by itself even if this script is killed hard
-    )
+    config = _web_config(args)
     threads = args.img2dataset_threads or 256
     cpus = os.cpu_count() or 1
     web = RealWeb(config, processes=args.web_processes, pool_cache=BENCH / "realweb-pool")
     results: dict[str, tuple[int, dict]] = {}
+    settings = _pairs(args.ours_setting)
     started = time.perf_counter()
     with web:
         entries = web.entries()
-        print(f"real web up in {time.perf_counter() - started:.1f} s: {web.plan.summary()}")
+        summary = web.plan.summary()
+        print(f"real web up in {time.perf_counter() - started:.1f} s: {summary}")
         print(f"work folder: {work}", flush=True)
         all_ok = [{**e, "expect": "ok"} for e in entries]
+        i2d_ca = img2dataset_trust(web.ca_file, work, args.img2dataset_ca)
         contenders = [
-            ("ours", args.skip_ours, True, lambda d: run_ours(entries, d, web.ca_file), entries),
+            (
+                "ours",
+                args.skip_ours,
+                True,
+                lambda d: run_ours(entries, d, web.ca_file, settings, args.runs),
+                entries,
+            ),
             (
                 "img2dataset",
                 args.skip_img2dataset,
                 True,
-                lambda d: run_img2dataset(entries, d, threads, cpus, web.ca_file),
+                lambda d: run_img2dataset(entries, d, threads, cpus, i2d_ca),
                 None,
             ),
-            (FAST, args.skip_fast, False, lambda d: run_ours(entries, d, web.ca_file), all_ok),
+            (
+                FAST,
+                args.skip_fast,
+                False,
+                lambda d: run_ours(entries, d, web.ca_file, settings, args.runs),
+                all_ok,
+            ),
         ]
         for name, skip, realistic, run, expected in contenders:
             if skip:
@@ -451,36 +547,58 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
             after = web.stats()
             result["web_cpu_s"] = after["cpu_s"] - before["cpu_s"]
             result["web_requests"] = after["requests"]
+            result["web"] = {
+                key: after[key]
+                for key in (
+                    "max_in_flight_any_site",
+                    "max_in_flight_any_host",
+                    "disallowed_requests",
+                    "throttle",
+                )
+            }
+            result["web"]["robots_requests"] = sum(after["robots_requests"].values())
+            result["web"]["busiest_sites"] = dict(
+                Counter(after["max_in_flight_site"]).most_common(5)
+            )
+            if "dns" in after:
+                result["web"]["dns"] = after["dns"]
             if expected is not None:
                 expectation_check(expected, result, name)
             results[name] = (len(entries), result)
             print(f"  {name}: {result['wall_s']:.1f} s", flush=True)
-    report_real(results, config)
+    report_real(results, config, summary, settings)
     return results
 
 
-def report_real(results: dict[str, tuple[int, dict]], config) -> None:
-    """A markdown table, then the ratios the goals name."""
+def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, settings) -> None:
+    """A markdown table, then the ratios the goals name and what the web saw."""
     print()
     print(
-        f"{config.images:,} images on {config.hosts:,} hosts; latency median "
+        f"{config.images:,} images on {summary['hosts']:,} hosts ({summary['sites']:,} sites, "
+        f"{'names' if config.names else 'IP literals'}); latency median "
         f"{config.latency_median_ms:.0f} ms (sigma {config.latency_sigma}), "
         f"+{config.connect_ms:.0f} ms per new connection, "
         f"bodies at {config.bytes_per_second / 1e6:.0f} MB/s\n"
     )
+    cpus = os.cpu_count() or 1
     print(
         "| | images/s | ok | outcome != expected | invalid files | peak RSS (tree) "
-        "| CPU s | images per CPU s | web CPU s | wall s |"
+        "| CPU s | images per CPU s | CPU ms per URL | CPU ms per ok | web CPU s "
+        "| web share of the cores | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (attempted, r) in results.items():
         r["images_per_s"] = attempted / r["wall_s"] if r["wall_s"] else 0.0
         per_cpu = attempted / r["cpu_s"] if r["cpu_s"] else 0.0
+        r["cpu_ms_per_url"] = 1000 * r["cpu_s"] / attempted
+        r["cpu_ms_per_ok"] = 1000 * r["cpu_s"] / r["ok"] if r["ok"] else 0.0
+        r["web_share"] = r["web_cpu_s"] / (r["wall_s"] * cpus) if r["wall_s"] else 0.0
         mismatches = r.get("outcome_mismatches", "n/a")
         print(
             f"| {name} | {r['images_per_s']:.1f} | {r['ok']:,} | {mismatches} | {r['invalid']} "
             f"| {r['peak_tree_rss_mb']:,.0f} MB | {r['cpu_s']:.0f} | {per_cpu:.1f} "
-            f"| {r['web_cpu_s']:.0f} | {r['wall_s']:.0f} |"
+            f"| {r['cpu_ms_per_url']:.1f} | {r['cpu_ms_per_ok']:.1f} "
+            f"| {r['web_cpu_s']:.0f} | {r['web_share']:.0%} | {r['wall_s']:.0f} |"
         )
     print()
     rate = {name: r["images_per_s"] for name, (_, r) in results.items()}
@@ -493,17 +611,67 @@ def report_real(results: dict[str, tuple[int, dict]], config) -> None:
     if "ours" in rate and FAST in rate:
         print(f"ours / ours without latency: {rate['ours'] / rate[FAST]:.0%} (goal >= 85%)")
     if "ours" in results:
-        print(f"ours peak RSS: {results['ours'][1]['peak_tree_rss_mb']:.0f} MB (goal < 500 MB)")
+        ours = results["ours"][1]
+        print(f"ours peak RSS: {ours['peak_tree_rss_mb']:.0f} MB (goal < 500 MB)")
+        print(
+            f"ours: {ours['runs']} run(s) at once; the step's own process(es) "
+            f"{ours.get('step_cpu_s', 0):.1f} CPU s of which start-up "
+            f"{ours.get('startup_cpu_s', 0):.1f} s; settings passed: {settings or 'none'}"
+        )
+        engine = ours.get("settings", {})
+        budget = engine.get("per_site", engine.get("per_host"))
+        seen = ours["web"]
+        print(
+            f"ours: most requests in flight at once on one site {seen['max_in_flight_any_site']}"
+            f", on one host {seen['max_in_flight_any_host']} (budget per site: {budget}); "
+            f"busiest sites {seen['busiest_sites']}; robots.txt requests "
+            f"{seen['robots_requests']}, requests for disallowed images "
+            f"{sum(seen['disallowed_requests'].values())}"
+        )
     for name, (_, r) in results.items():
         if r.get("invalid_kinds"):
             print(f"{name} invalid files: {r['invalid_kinds']}")
 
 
+def in_namespace(args) -> int:
+    """Run this very command again inside a network namespace of its own whose resolv.conf
+    names the web's DNS server; remove the namespace when it ends, however it ends."""
+    from mmc4_assets.devtools.netns import NetworkNamespace, available
+
+    why = available()
+    if why:
+        raise SystemExit(f"--web real with names needs a network namespace: {why} (or use --ip)")
+    config = _web_config(args)
+    if not args.skip_img2dataset:
+        _ensure_img2dataset()  # the namespace has no network: install before
+    with NetworkNamespace(nameserver=config.dns_address, prefix="mmc4bench") as ns:
+        env = {**os.environ, "MMC4_BENCH_NETNS": ns.name}
+        child = subprocess.Popen(ns.command([sys.executable, *sys.argv]), env=env)
+        previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+        try:
+            while True:
+                try:
+                    return child.wait()
+                except KeyboardInterrupt:  # the child got it too (same terminal): let it end
+                    continue
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--web", choices=["loopback", "real"], default="loopback")
-    parser.add_argument("--images", type=int, help="default 25,000 (loopback) / 10,400 (real)")
-    parser.add_argument("--hosts", type=int, help="default 8 (loopback) / 1,900 (real)")
+    parser.add_argument("--images", type=int, help="default 25,000 (loopback) / 10,438 (real)")
+    parser.add_argument(
+        "--hosts", type=int, help="default 8 (loopback); real: images / 2.088 (--shape old: 1,900)"
+    )
     parser.add_argument("--reference-images", type=int, default=1000)
     parser.add_argument("--latency-ms", type=float, default=30.0, help="loopback web only")
     parser.add_argument("--img2dataset-threads", type=int, help="default 64 / 256 (real)")
@@ -514,11 +682,35 @@ def main() -> None:
     parser.add_argument("--skip-img2dataset", action="store_true")
     parser.add_argument("--skip-fast", action="store_true", help="real web: no no-latency run")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--worker-ours", nargs="+", help=argparse.SUPPRESS)
+    real = parser.add_argument_group("real web")
+    real.add_argument("--ip", action="store_true", help="URLs hold IP literals (no DNS, no root)")
+    real.add_argument(
+        "--shape", choices=["new", "old"], default="new", help="old: 1,900 hosts by IP, no robots"
+    )
+    real.add_argument(
+        "--web-set", action="append", metavar="KEY=VALUE", help="any RealWebConfig field"
+    )
+    real.add_argument("--runs", type=int, default=1, help="ours: N shard runs at once")
+    real.add_argument(
+        "--ours-setting",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a DownloadSettings field for every run of ours (JSON value or text), repeatable",
+    )
+    real.add_argument(
+        "--img2dataset-ca",
+        choices=["system", "web"],
+        default="system",
+        help="the CA file img2dataset loads per HTTPS request: the system bundle plus the web's "
+        "CA (as on the real web), or the web's CA alone",
+    )
+    parser.add_argument("--worker-ours", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker_ours:
         worker_ours(*args.worker_ours)
         return
+    if args.web == "real" and _web_config(args).names and not os.environ.get("MMC4_BENCH_NETNS"):
+        sys.exit(in_namespace(args))
 
     BENCH.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-download-", dir=BENCH))

@@ -1,22 +1,31 @@
 """A loopback web shaped like the one behind a real mmc4 shard, for the download benchmark.
 
 Why: ``LoopbackWeb`` (8 fast hosts, plain HTTP) hides what a downloader meets on the real web:
-thousands of hosts, a few holding many images and most one to three; TLS on most of them;
-latency with a long tail and a cost for every new connection; bodies that arrive at a few MB/s;
-hosts that refuse connections or accept them and never answer; photo-sized images. This web
-has all of it, every knob in ``RealWebConfig``, and knows the outcome every URL should get.
+thousands of hosts at two or three images each, a few CDNs holding many; names to resolve, some
+slowly, some never; TLS on most hosts, each with its own small certificate; latency with a long
+tail and a cost for every new connection; bodies that arrive at a few MB/s; hosts that refuse
+connections or accept them and never answer; robots.txt files; photo-sized images. This web has
+all of it, every knob in ``RealWebConfig``, and knows the outcome every URL should get.
 
-- Each host has its own address in 127.77.0.0/16 (Linux routes all of 127/8 to lo); URLs use
-  the IP literal and one port shared by every host, so no DNS is involved.
-- HTTPS hosts present an ECDSA certificate naming their IP (and a few dozen neighbours'), signed
-  by a throw-away CA made at start-up (``RealWeb.ca_file``); clients must be told to trust it.
+- Each host has its own address in 127.77.0.0/16 (Linux routes all of 127/8 to lo) and one
+  port shared by every host. With ``names`` (the default) URLs hold a DNS name that the web's
+  own DNS server (``dns_server``) resolves, with a resolver's latency and failures; clients
+  must resolve through it (``netns``: a namespace whose resolv.conf names it). Without, URLs
+  hold the IP literal and no name is ever resolved.
+- Names group into sites as on the real web (``real_web_sites``): CDNs behind several names of
+  one site, private-suffix names that are each their own site, a long tail of one-host sites.
+- HTTPS hosts present a small ECDSA certificate chosen by SNI, naming the host (a wildcard for
+  a multi-name CDN); in IP mode, certificates with a few dozen IP SANs. All are signed by a
+  throw-away CA made at start-up (``RealWeb.ca_file``); clients must be told to trust it.
 - Images come from a small pool of photo-like pictures generated once and reused by every URL.
 - The server runs in child processes (asyncio, uvloop when installed) so it never shares the
-  client's GIL; it stops by itself after ``max_runtime_s`` or when its parent goes away.
+  client's GIL; it stops by itself after ``max_runtime_s`` or when its parent goes away. It
+  counts, per site and per host, the requests in flight (``RealWeb.stats``).
 - ``RealWeb.set_mode(latency=False, faults=False)`` serves the very same URLs at once and without
-  any fault (dead and silent hosts answer too): a downloader's CPU-bound baseline.
+  any fault (dead and silent hosts answer, every name resolves, every robots.txt is a 404): a
+  downloader's CPU-bound baseline.
 
-    with RealWeb(RealWebConfig(images=200, hosts=40)) as web:
+    with RealWeb(RealWebConfig(images=200, hosts=40, names=False)) as web:
         for entry in web.entries():
             print(entry["url"], entry["expect"])
 """
@@ -32,14 +41,11 @@ import math
 import os
 import random
 import resource
-import select
 import shutil
 import signal
 import ssl
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -50,7 +56,17 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmc4_assets.devtools.commanded import CommandedProcess, reply, serve_commands
+from mmc4_assets.devtools.dns_server import DnsProcess, NameRecord
 from mmc4_assets.devtools.loopback_web import bomb_png, corrupt_jpeg, render_image
+from mmc4_assets.devtools.real_web_sites import (
+    CDN_NAMES,
+    ROBOTS_FILES,
+    ROBOTS_HTML,
+    certificate_name,
+    host_names,
+    site_of,
+)
 
 SUBNET = "127.77"  # hosts live in 127.77.0.0/16, away from the 127.0.0.x other tools use
 _CTYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
@@ -63,12 +79,15 @@ _READY_TIMEOUT_S = 120.0
 class RealWebConfig:
     """Every knob of the web; the defaults are the shape of a real mmc4 shard's web."""
 
-    images: int = 10_400
-    hosts: int = 1_900
+    images: int = 10_438
+    # Hosts: 0 means images / images_per_host. The real web behind a shard has 2-3 images per
+    # host (shard 151: 417 images on 128 hosts), so most requests are the first to their host.
+    hosts: int = 0
+    images_per_host: float = 2.088
     # Images per host after the first: Zipf weights 1/rank**host_skew (a few CDNs, a long tail).
     host_skew: float = 1.0
     https_fraction: float = 2 / 3
-    hosts_per_certificate: int = 32  # IP SANs per server certificate (see certificate_groups)
+    hosts_per_certificate: int = 32  # IP mode: IP SANs per server certificate
     # Per-request latency before the headers: log-normal, median and shape, capped.
     latency_median_ms: float = 250.0
     latency_sigma: float = 0.9
@@ -78,6 +97,30 @@ class RealWebConfig:
     dead_hosts: float = 0.03  # fraction of hosts where nothing listens (connection refused)
     silent_hosts: float = 0.02  # fraction that accept a connection and never answer
     fault_fraction: float = 0.08  # share of images on live hosts that get a per-image fault
+    # Names: URLs hold DNS names served by the web's own DNS server (False: IP literals).
+    names: bool = True
+    dns_address: str = "127.53.0.1"
+    dns_port: int = 53  # 0: any free port (tests outside a namespace)
+    # A name's first lookup: log-normal (a recursive resolver's cold cache), then at once.
+    dns_median_ms: float = 120.0
+    dns_sigma: float = 1.0
+    dns_cap_ms: float = 4_000.0  # under glibc's 5 s timeout
+    nxdomain_names: float = 0.05  # names that no longer exist
+    servfail_names: float = 0.01  # SERVFAIL after servfail_ms, every time
+    servfail_ms: float = 1_500.0
+    silent_names: float = 0.01  # never answered
+    # robots.txt: shares of hosts serving a file, an HTML page, a 5xx (the rest: 404), and the
+    # share of all images that the files close to the token mmc4-assets.
+    robots_files: float = 0.30
+    robots_html: float = 0.02
+    robots_5xx: float = 0.01
+    robots_disallowed: float = 0.03
+    # Throttling (off by default): the N sites with the most images answer 429 with
+    # Retry-After: throttle_retry_after_s to every request for that long, after every
+    # throttle_burst requests served.
+    throttle_sites: int = 0
+    throttle_burst: int = 20
+    throttle_retry_after_s: int = 2
     # The image pool: how many distinct pictures, their largest side, and the format mix.
     pool_size: int = 48
     max_side: int = 3000
@@ -88,16 +131,32 @@ class RealWebConfig:
         ("gif", 0.04),
     )
     stall_seconds: float = 60.0  # how long a stalled response or a silent host holds on
-    latency: bool = True  # False: no latency, no connection cost, no pacing
-    faults: bool = True  # False: no per-image fault, dead and silent hosts answer normally
+    latency: bool = True  # False: no latency, no connection cost, no pacing, no DNS latency
+    faults: bool = True  # False: no fault of any kind (hosts, names, robots.txt, images)
     seed: int = 0
     max_runtime_s: float = 3_600.0  # the server stops by itself after this
+
+    @property
+    def host_count(self) -> int:
+        return self.hosts or max(1, round(self.images / self.images_per_host))
 
     @classmethod
     def from_json(cls, text: str) -> RealWebConfig:
         raw = json.loads(text)
         raw["formats"] = tuple(tuple(pair) for pair in raw.get("formats", cls.formats))
         return cls(**raw)
+
+
+# The web the benchmark measured before names (issue 18's "your own benchmark"), for comparisons.
+OLD_SHAPE = {
+    "images": 10_400,
+    "hosts": 1_900,
+    "names": False,
+    "robots_files": 0.0,
+    "robots_html": 0.0,
+    "robots_5xx": 0.0,
+    "robots_disallowed": 0.0,
+}
 
 
 # --------------------------------------------------------------------------- faults
@@ -123,6 +182,13 @@ FAULTS: dict[str, tuple[float, str]] = {
     "oversize": (0.5, "too_large"),  # a 30 MB body, over the 25 MB cap
 }
 HOST_OUTCOMES = {"dead": "connection_error", "silent": "timeout"}
+# A name that does not resolve (NXDOMAIN, SERVFAIL, no answer): nothing can be fetched.
+DNS_OUTCOME = "connection_error"
+# robots.txt answering 5xx: RFC 9309 says assume complete disallow, and try again later.
+ROBOTS_5XX_OUTCOME = "http_error"
+ROBOTS_5XX_STATUS = 503
+# An image the host's robots.txt closes to the token mmc4-assets: never requested.
+DISALLOWED_OUTCOME = "robots_disallowed"
 # Just over the downloader's 25 MB cap: a client without a cap reads it all, at the paced rate.
 OVERSIZE_BYTES = 30 * 1024 * 1024
 
@@ -134,8 +200,14 @@ OVERSIZE_BYTES = 30 * 1024 * 1024
 class Host:
     index: int
     ip: str
+    name: str  # its DNS name (used in URLs in names mode)
+    site: str  # the registrable domain of its name (per the Public Suffix List)
     scheme: str  # "http" or "https"
     kind: str  # "live", "dead" (nothing listens) or "silent" (accepts, never answers)
+    dns: str = "ok"  # "ok", "nxdomain", "servfail" or "silent" (names mode only)
+    dns_ms: float = 0.0  # latency of the name's first lookup
+    robots: str = "none"  # /robots.txt: "none" (404), "file", "html" or "5xx"
+    robots_file: int = -1  # index into ROBOTS_FILES when robots == "file"
 
 
 @dataclass(frozen=True)
@@ -146,6 +218,7 @@ class PlannedImage:
     pool: int  # which pool picture it serves
     fault: str | None
     expect: str  # the outcome a correct downloader records (with faults on)
+    disallowed: bool = False  # robots.txt closes it to mmc4-assets
 
 
 @dataclass
@@ -155,32 +228,59 @@ class Plan:
     hosts: list[Host]
     images: list[PlannedImage]
     pool_formats: list[str]
-    by_path: dict[str, PlannedImage] = field(init=False, repr=False)
+    names: bool = True
+    throttled_sites: frozenset[str] = frozenset()
+    by_path: dict[tuple[int, str], PlannedImage] = field(init=False, repr=False)
+    sites: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_path = {(image.host, image.path): image for image in self.images}
+        self.sites = list(dict.fromkeys(self.site(host) for host in self.hosts))
+
+    def authority(self, host: Host) -> str:
+        """What URLs name the host by: its DNS name, or its IP literal."""
+        return host.name if self.names else host.ip
+
+    def site(self, host: Host) -> str:
+        """The host's site: its registrable domain, or its IP literal (its own site)."""
+        return host.site if self.names else host.ip
 
     def url(self, image: PlannedImage, port: int) -> str:
         host = self.hosts[image.host]
-        return f"{host.scheme}://{host.ip}:{port}{image.path}"
+        return f"{host.scheme}://{self.authority(host)}:{port}{image.path}"
+
+    def robots_text(self, host: Host) -> str | None:
+        return ROBOTS_FILES[host.robots_file].text if host.robots == "file" else None
+
+    def zone(self) -> dict[str, NameRecord]:
+        return {h.name: NameRecord(h.ip, h.dns, h.dns_ms) for h in self.hosts}
 
     def summary(self) -> dict:
         kinds = Counter(h.kind for h in self.hosts)
         on_kind = Counter(self.hosts[i.host].kind for i in self.images)
         per_host = Counter(i.host for i in self.images)
-        return {
+        per_site = Counter(self.site(self.hosts[i.host]) for i in self.images)
+        out = {
             "images": len(self.images),
             "hosts": len(self.hosts),
+            "images_per_host": round(len(self.images) / len(self.hosts), 2),
+            "sites": len(self.sites),
+            "names": self.names,
             "https_hosts": sum(h.scheme == "https" for h in self.hosts),
             "dead_hosts": kinds["dead"],
             "silent_hosts": kinds["silent"],
             "images_on_dead_hosts": on_kind["dead"],
             "images_on_silent_hosts": on_kind["silent"],
             "largest_host_images": max(per_host.values(), default=0),
+            "largest_sites": dict(per_site.most_common(5)),
             "hosts_with_at_most_3": sum(n <= 3 for n in per_host.values()),
+            "robots": dict(Counter(h.robots for h in self.hosts)),
             "faults": dict(Counter(i.fault for i in self.images if i.fault)),
             "expected": dict(Counter(i.expect for i in self.images)),
         }
+        if self.names:
+            out["dns"] = dict(Counter(h.dns for h in self.hosts))
+        return out
 
 
 def host_ip(index: int) -> str:
@@ -190,57 +290,136 @@ def host_ip(index: int) -> str:
     return f"{SUBNET}.{high}.{low + 1}"
 
 
-def _draw_hosts(rng: random.Random, count: int, candidates: list[int], taken: set[int]) -> set[int]:
+def _draw(
+    rng: random.Random, fraction: float, hosts: int, candidates: list[int], taken: set[int]
+) -> set[int]:
+    """About ``fraction`` of all hosts (at least one when asked for any), from ``candidates``."""
+    count = 0 if fraction <= 0 else max(1, round(fraction * hosts))
     free = [i for i in candidates if i not in taken]
     return set(rng.sample(free, min(count, len(free))))
 
 
 def make_plan(config: RealWebConfig) -> Plan:
-    """Which host holds which image, which hosts are dead or silent, which images are faults."""
-    if config.hosts < 1 or config.images < config.hosts:
+    """Which host holds which image; which hosts are dead or silent, which names fail, which
+    robots.txt each host serves; which images are faults or closed to us by robots.txt.
+
+    Names are drawn in both modes (the plan is the same but for how URLs name the hosts), so a
+    run by IP and a run by names meet the same images, faults and latencies.
+    """
+    n = config.host_count
+    if n < 1 or config.images < n:
         raise ValueError("need at least one host and at least one image per host")
     rng = random.Random(config.seed)
-    # Host 0 is the biggest. Dead and silent hosts are drawn outside the top 1% (the CDNs):
-    # one dead CDN would decide the whole benchmark.
-    n = config.hosts
-    small = list(range(max(1, n // 100), n)) or list(range(n))
-
-    def share(fraction: float) -> int:
-        return 0 if fraction <= 0 else max(1, round(fraction * n))
-
-    dead = _draw_hosts(rng, share(config.dead_hosts), small, set())
-    silent = _draw_hosts(rng, share(config.silent_hosts), small, dead)
-    hosts = [
-        Host(
-            i,
-            host_ip(i),
-            "https" if rng.random() < config.https_fraction else "http",
-            "dead" if i in dead else "silent" if i in silent else "live",
+    names = host_names(random.Random(f"{config.seed}:names"), n)
+    cdn = sum(name in CDN_NAMES for name in names)
+    # Host 0 is the biggest. Dead, silent, unresolvable hosts and broken robots.txt are drawn
+    # outside the head (the CDNs): one dead CDN would decide the whole benchmark.
+    head = max(n // 100, cdn if n >= 24 else 0, 1 if n > 1 else 0)
+    tail = list(range(head, n)) or list(range(n))
+    dead = _draw(rng, config.dead_hosts, n, tail, set())
+    silent = _draw(rng, config.silent_hosts, n, tail, dead)
+    live_tail = [i for i in tail if i not in dead | silent]
+    nxdomain = _draw(rng, config.nxdomain_names, n, live_tail, set())
+    servfail = _draw(rng, config.servfail_names, n, live_tail, nxdomain)
+    mute = _draw(rng, config.silent_names, n, live_tail, nxdomain | servfail)
+    robots_5xx = _draw(rng, config.robots_5xx, n, live_tail, set())
+    robots_html = _draw(rng, config.robots_html, n, live_tail, robots_5xx)
+    robots_file = _draw(rng, config.robots_files, n, live_tail, robots_5xx | robots_html)
+    whole = config.robots_disallowed > 0  # files closing a whole host only when any are asked
+    files = [i for i, f in enumerate(ROBOTS_FILES) if whole or f.disallowed != "/"]
+    file_weights = [ROBOTS_FILES[i].weight for i in files]
+    dns_rng = random.Random(f"{config.seed}:dns")
+    hosts = []
+    for i in range(n):
+        first_ms = config.dns_median_ms * math.exp(config.dns_sigma * dns_rng.gauss(0, 1))
+        scheme = "https" if rng.random() < config.https_fraction else "http"
+        hosts.append(
+            Host(
+                i,
+                host_ip(i),
+                names[i],
+                site_of(names[i]),
+                "https" if names[i] in CDN_NAMES else scheme,
+                "dead" if i in dead else "silent" if i in silent else "live",
+                "nxdomain"
+                if i in nxdomain
+                else "servfail"
+                if i in servfail
+                else "silent"
+                if i in mute
+                else "ok",
+                round(min(first_ms, config.dns_cap_ms), 1),
+                "5xx"
+                if i in robots_5xx
+                else "html"
+                if i in robots_html
+                else "file"
+                if i in robots_file
+                else "none",
+                rng.choices(files, file_weights)[0] if i in robots_file else -1,
+            )
         )
-        for i in range(n)
-    ]
     owners = list(range(n))
     weights = [1.0 / (rank + 1) ** config.host_skew for rank in range(n)]
     owners += rng.choices(range(n), weights=weights, k=config.images - n)
     rng.shuffle(owners)
 
-    live = [i for i, owner in enumerate(owners) if hosts[owner].kind == "live"]
-    n_faults = round(len(live) * config.fault_fraction)
-    names = list(FAULTS)
-    faults = names[:] if n_faults >= len(names) else []
-    faults += rng.choices(names, weights=[FAULTS[k][0] for k in names], k=n_faults - len(faults))
-    fault_of = dict(zip(rng.sample(live, len(faults)), faults, strict=True))
+    # robots.txt: whole hosts closed ("/"), then images put under closed folders up to the
+    # share; some more under folders only other groups close (traps for a wrong parser).
+    robots_of = [ROBOTS_FILES[h.robots_file] if h.robots == "file" else None for h in hosts]
+    placed: dict[int, str] = {}
+    closed = {i for i, o in enumerate(owners) if robots_of[o] and robots_of[o].disallowed == "/"}
+    room = [
+        i
+        for i, o in enumerate(owners)
+        if robots_of[o] and robots_of[o].disallowed not in (None, "/")
+    ]
+    target = max(0, round(config.robots_disallowed * config.images) - len(closed))
+    for i in rng.sample(room, min(target, len(room))) if config.robots_disallowed else []:
+        placed[i] = robots_of[owners[i]].disallowed
+        closed.add(i)
+    for i, owner in enumerate(owners):
+        robots = robots_of[owner]
+        if robots and robots.allowed and i not in closed and rng.random() < 0.5:
+            placed[i] = robots.allowed
+
+    servable = [
+        i
+        for i, owner in enumerate(owners)
+        if hosts[owner].kind == "live" and hosts[owner].robots != "5xx" and i not in closed
+    ]
+    n_faults = round(len(servable) * config.fault_fraction)
+    fault_names = list(FAULTS)
+    faults = fault_names[:] if n_faults >= len(fault_names) else []
+    faults += rng.choices(
+        fault_names, weights=[FAULTS[k][0] for k in fault_names], k=n_faults - len(faults)
+    )
+    fault_of = dict(zip(rng.sample(servable, len(faults)), faults, strict=True))
 
     pool_formats = _pool_formats(config)
     images = []
     for i, owner in enumerate(owners):
         pool = rng.randrange(len(pool_formats))
         fault = fault_of.get(i)
-        kind = hosts[owner].kind
-        expect = HOST_OUTCOMES[kind] if kind != "live" else FAULTS[fault][1] if fault else "ok"
-        path = f"/img/{i // 1000:02d}/{i:06d}.{pool_formats[pool]}"
-        images.append(PlannedImage(i, owner, path, pool, fault, expect))
-    return Plan(hosts, images, pool_formats)
+        host = hosts[owner]
+        if host.kind != "live":
+            expect = HOST_OUTCOMES[host.kind]
+        elif config.names and host.dns != "ok":
+            expect = DNS_OUTCOME
+        elif host.robots == "5xx":
+            expect = ROBOTS_5XX_OUTCOME
+        elif i in closed:
+            expect = DISALLOWED_OUTCOME
+        else:
+            expect = FAULTS[fault][1] if fault else "ok"
+        folder = placed.get(i, f"/img/{i // 1000:02d}/")
+        path = f"{folder}{i:06d}.{pool_formats[pool]}"
+        images.append(PlannedImage(i, owner, path, pool, fault, expect, i in closed))
+    plan = Plan(hosts, images, pool_formats, config.names)
+    if config.throttle_sites:
+        per_site = Counter(plan.site(hosts[image.host]) for image in images)
+        plan.throttled_sites = frozenset(s for s, _ in per_site.most_common(config.throttle_sites))
+    return plan
 
 
 # --------------------------------------------------------------------------- the image pool
@@ -354,28 +533,47 @@ def write_pool(config: RealWebConfig, folder: Path, processes: int = 0) -> list[
 
 
 def certificate_groups(plan: Plan, per_certificate: int) -> dict[int, int]:
-    """HTTPS host index -> its certificate's number: consecutive hosts share one certificate.
+    """IP mode: HTTPS host index -> its certificate's number; consecutive hosts share one.
 
-    Why share: loading a certificate into an SSLContext costs ~5 ms with OpenSSL 3, so 1,300
-    of them would take the server seconds to start; a certificate naming a few dozen IPs is
-    still of real size (~2 KB) and is checked against its own host like any other.
+    Why share: a certificate with IP SANs cannot be chosen by SNI (clients send none for an
+    IP literal), so each listener carries its own SSLContext; sharing keeps them few.
     """
     https = [host.index for host in plan.hosts if host.scheme == "https"]
     return {index: position // per_certificate for position, index in enumerate(https)}
 
 
+def certificate_file(folder: Path, name: str) -> Path:
+    """Names mode: the file of the certificate for ``name`` (a wildcard's for CDN names)."""
+    digest = hashlib.sha1(certificate_name(name).encode()).hexdigest()[:16]
+    return folder / f"name-{digest}.pem"
+
+
+DEFAULT_SNI_NAME = "realweb.invalid"  # the certificate served to a client naming no known host
+
+
 def write_certificates(plan: Plan, folder: Path, per_certificate: int) -> Path:
-    """A throw-away CA and ECDSA server certificates with IP SANs; returns the CA file."""
+    """A throw-away CA and small ECDSA server certificates; returns the CA file.
+
+    Names mode: one certificate per HTTPS host name (one wildcard per multi-name CDN), as real
+    servers have, chosen by SNI. IP mode: IP SANs, ``per_certificate`` hosts each. Issuing
+    one takes ~0.2 ms, so nothing is cached between runs.
+    """
     import trustme
 
     folder.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA(organization_name="mmc4_assets RealWeb throw-away CA")
-    members: dict[int, list[str]] = {}
-    for index, group in certificate_groups(plan, per_certificate).items():
-        members.setdefault(group, []).append(plan.hosts[index].ip)
-    for group, ips in members.items():
-        pem = ca.issue_cert(*ips).private_key_and_cert_chain_pem
-        pem.write_to_path(str(folder / f"server-{group}.pem"))
+    if plan.names:
+        wanted = {certificate_name(h.name) for h in plan.hosts if h.scheme == "https"}
+        for name in sorted(wanted | {DEFAULT_SNI_NAME}):
+            pem = ca.issue_cert(name).private_key_and_cert_chain_pem
+            pem.write_to_path(str(certificate_file(folder, name)))
+    else:
+        members: dict[int, list[str]] = {}
+        for index, group in certificate_groups(plan, per_certificate).items():
+            members.setdefault(group, []).append(plan.hosts[index].ip)
+        for group, ips in members.items():
+            pem = ca.issue_cert(*ips).private_key_and_cert_chain_pem
+            pem.write_to_path(str(folder / f"server-{group}.pem"))
     ca_file = folder / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     return ca_file
@@ -403,14 +601,51 @@ def _reason(status: int) -> str:
         return "Status"
 
 
+class _Throttle:
+    """One throttled site: after every ``burst`` requests served, 429 to everything for a while.
+
+    Each 429 announces a pause (Retry-After from when it is sent); requests received inside any
+    announced pause are counted: a polite client sends none.
+    """
+
+    def __init__(self, burst: int, retry_after_s: int):
+        self.burst, self.retry_after_s = burst, retry_after_s
+        self.served = 0
+        self.window_end = 0.0  # 429 to every request until then
+        self.pause_end = 0.0  # the end of the latest pause announced
+        self.counts: Counter[str] = Counter()
+
+    def received(self, now: float) -> bool:
+        """Count a request; True when it must get a 429."""
+        if now < self.pause_end:
+            self.counts["in_pause"] += 1
+        if now < self.window_end:
+            return True
+        if self.served >= self.burst:
+            self.served = 0
+            self.window_end = now + self.retry_after_s
+            self.counts["windows"] += 1
+            return True
+        self.served += 1
+        return False
+
+    def retry_after(self, now: float) -> int:
+        """The Retry-After of a 429 sent now (the pause it announces starts now)."""
+        seconds = max(1, math.ceil(self.window_end - now))
+        self.pause_end = max(self.pause_end, now + seconds)
+        self.counts["429"] += 1
+        return seconds
+
+
 class _Server:
-    """Serves this process's share of the hosts; one asyncio loop."""
+    """Serves this process's share of the hosts (whole sites); one asyncio loop."""
 
     def __init__(self, config: RealWebConfig, workdir: Path, part: int, parts: int):
         self.config = config
         self.plan = make_plan(config)
         self.workdir = workdir
-        self.hosts = [h for h in self.plan.hosts if h.index % parts == part]
+        site_number = {site: k for k, site in enumerate(self.plan.sites)}
+        self.hosts = [h for h in self.plan.hosts if site_number[self.plan.site(h)] % parts == part]
         formats = self.plan.pool_formats
         self.pool = [p.read_bytes() for p in write_pool(config, workdir / "pool")]
         self.ctypes = [_CTYPES[fmt] for fmt in formats]
@@ -423,16 +658,53 @@ class _Server:
         self.connections: set[asyncio.StreamWriter] = set()
         self.holding: set[asyncio.StreamWriter] = set()  # connections to silent hosts
         self.stopped = asyncio.Event()
-        self.tls: dict[int, ssl.SSLContext] = {}
-        contexts: dict[int, ssl.SSLContext] = {}
-        groups = certificate_groups(self.plan, config.hosts_per_certificate)
-        for host in self.hosts:
-            group = groups.get(host.index)
-            if group is not None and group not in contexts:
-                contexts[group] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                contexts[group].load_cert_chain(workdir / "certs" / f"server-{group}.pem")
-            if group is not None:
-                self.tls[host.index] = contexts[group]
+        self.tls = self._tls_contexts(workdir / "certs")
+        self._new_counters()
+
+    def _new_counters(self) -> None:
+        # Requests in flight (request head received .. response sent), now and at most, by key.
+        self.in_flight: Counter[str] = Counter()
+        self.max_site: Counter[str] = Counter()
+        self.max_host: Counter[str] = Counter()
+        self.robots_requests: Counter[str] = Counter()
+        self.disallowed_requests: Counter[str] = Counter()
+        self.throttles = {
+            site: _Throttle(self.config.throttle_burst, self.config.throttle_retry_after_s)
+            for site in self.plan.throttled_sites
+        }
+
+    def _tls_contexts(self, certs: Path) -> dict[int, ssl.SSLContext]:
+        """HTTPS host index -> the SSLContext its listener starts handshakes with.
+
+        Names mode: one context for every listener, whose SNI callback switches to the
+        certificate naming the host the client asked for (as a real server with many virtual
+        hosts does). IP mode: clients send no SNI; each listener has its group's certificate.
+        """
+        https = [h for h in self.hosts if h.scheme == "https"]
+        if not self.plan.names:
+            groups = certificate_groups(self.plan, self.config.hosts_per_certificate)
+            contexts: dict[int, ssl.SSLContext] = {}
+            for host in https:
+                group = groups[host.index]
+                if group not in contexts:
+                    contexts[group] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    contexts[group].load_cert_chain(certs / f"server-{group}.pem")
+            return {host.index: contexts[groups[host.index]] for host in https}
+        by_file: dict[Path, ssl.SSLContext] = {}
+        for name in [DEFAULT_SNI_NAME, *(h.name for h in https)]:
+            path = certificate_file(certs, name)
+            if path not in by_file:
+                by_file[path] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                by_file[path].load_cert_chain(path)
+        self.sni = {h.name: by_file[certificate_file(certs, h.name)] for h in https}
+        default = by_file[certificate_file(certs, DEFAULT_SNI_NAME)]
+        default.sni_callback = self._choose_certificate
+        return {host.index: default for host in https}
+
+    def _choose_certificate(self, ssl_object, server_name: str | None, context) -> None:
+        chosen = self.sni.get((server_name or "").lower())
+        if chosen is not None:
+            ssl_object.context = chosen
 
     # listeners ---------------------------------------------------------------------------
     async def listen_all(self, port: int) -> int:
@@ -492,6 +764,22 @@ class _Server:
                 writer.transport.abort()
             await self._apply_mode()
 
+    def reset(self) -> None:
+        self.counts.clear()
+        self.requests = 0
+        self._new_counters()
+
+    def stats(self) -> dict:
+        return {
+            "requests": self.requests,
+            "connections": len(self.connections),
+            "max_in_flight_site": dict(self.max_site),
+            "max_in_flight_host": dict(self.max_host),
+            "robots_requests": dict(self.robots_requests),
+            "disallowed_requests": dict(self.disallowed_requests),
+            "throttle": {site: dict(t.counts) for site, t in self.throttles.items()},
+        }
+
     async def stop(self) -> None:
         await self._close_listeners(list(self.listeners))
         for writer in list(self.connections):
@@ -519,15 +807,33 @@ class _Server:
                 self.requests += 1
                 key = (host.index, path)
                 self.counts[key] += 1
-                if self.latency:
-                    delay = self._latency_s(host, path, self.counts[key])
-                    await asyncio.sleep(delay + self.config.connect_ms / 1000 * first)
-                first = False
-                keep = await self._respond(host, method, path, self.counts[key], writer)
-                await writer.drain()
+                keys = ("s:" + self.plan.site(host), "h:" + self.plan.authority(host))
+                self._enter(keys)
+                try:
+                    throttle = self.throttles.get(self.plan.site(host)) if self.faults else None
+                    limited = (
+                        throttle is not None
+                        and path != "/robots.txt"  # never throttled: its status means too much
+                        and throttle.received(time.monotonic())
+                    )
+                    if self.latency:
+                        delay = self._latency_s(host, path, self.counts[key])
+                        await asyncio.sleep(delay + self.config.connect_ms / 1000 * first)
+                    first = False
+                    if limited:
+                        wait = {"Retry-After": str(throttle.retry_after(time.monotonic()))}
+                        page = b"slow down\n"
+                        keep = await self._send(writer, method, 429, page, "text/plain", wait)
+                    else:
+                        keep = await self._respond(host, method, path, self.counts[key], writer)
+                    await writer.drain()
+                finally:
+                    self._leave(keys)
                 if not (keep and keep_alive):
                     return
         except (OSError, RuntimeError):  # the client hung up (uvloop: RuntimeError on write)
+            return
+        except asyncio.CancelledError:  # the loop is shutting down: nothing to tell
             return
         finally:
             self.connections.discard(writer)
@@ -536,6 +842,17 @@ class _Server:
                 writer.transport.abort()
             else:
                 writer.close()
+
+    def _enter(self, keys: tuple[str, str]) -> None:
+        site, host = keys
+        for key in keys:
+            self.in_flight[key] += 1
+        self.max_site[site[2:]] = max(self.max_site[site[2:]], self.in_flight[site])
+        self.max_host[host[2:]] = max(self.max_host[host[2:]], self.in_flight[host])
+
+    def _leave(self, keys: tuple[str, str]) -> None:
+        for key in keys:
+            self.in_flight[key] -= 1
 
     async def _hold(self, reader) -> None:
         """Accept and say nothing: read what the client sends until it gives up (or we stop)."""
@@ -557,8 +874,23 @@ class _Server:
         return min(ms, self.config.latency_cap_ms) / 1000
 
     # responses ---------------------------------------------------------------------------
+    async def _robots(self, host: Host, method: str, writer) -> bool:
+        self.robots_requests[self.plan.authority(host)] += 1
+        kind = host.robots if self.faults else "none"
+        if kind == "file":
+            text = self.plan.robots_text(host).encode()
+            return await self._send(writer, method, 200, text, "text/plain")
+        if kind == "html":
+            return await self._send(writer, method, 200, ROBOTS_HTML, "text/html")
+        if kind == "5xx":
+            page = b"<html><body>Service Unavailable</body></html>"
+            return await self._send(writer, method, ROBOTS_5XX_STATUS, page, "text/html")
+        return await self._send(writer, method, 404, b"<html>not found</html>", "text/html")
+
     async def _respond(self, host: Host, method: str, path: str, count: int, writer) -> bool:
         """Send the ``count``-th response to this path; False when the connection must close."""
+        if path == "/robots.txt":
+            return await self._robots(host, method, writer)
         hops = None
         if path.startswith("/r/"):  # a redirect hop: /r/{hops left}/{image path}
             _, _, left, rest = path.split("/", 3)
@@ -566,6 +898,8 @@ class _Server:
         image = self.plan.by_path.get((host.index, path))
         if image is None:
             return await self._send(writer, method, 404, b"<html>not found</html>", "text/html")
+        if image.disallowed:
+            self.disallowed_requests[self.plan.authority(host)] += 1
         fault = image.fault if self.faults else None
         if hops is not None:
             fault = "redirect" if hops > 0 else None
@@ -594,7 +928,7 @@ class _Server:
             return await self._send(writer, method, 200, body, ctype, extra)
         if fault == "redirect":
             left = 1 if hops is None else hops - 1
-            target = f"{host.scheme}://{host.ip}:{self.port}/r/{left}{path}"
+            target = f"{host.scheme}://{self.plan.authority(host)}:{self.port}/r/{left}{path}"
             return await self._send(writer, method, 302, b"", "text/html", {"Location": target})
         if fault == "truncated":
             writer.write(_head(200, ctype, len(body)) + body[: len(body) // 2])
@@ -685,37 +1019,20 @@ async def _serve(config: RealWebConfig, workdir: Path, port: int, part: int, par
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
 
-    def reply(message: dict) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
+    async def set_mode(options: dict[str, str]) -> dict:
+        latency = options.get("latency", str(int(server.latency))) == "1"
+        faults = options.get("faults", str(int(server.faults))) == "1"
+        await server.set_mode(latency, faults)
+        return {"latency": server.latency, "faults": server.faults}
 
-    async def command(line: str) -> None:
-        words = line.split()
-        if not words:
-            return
-        if words[0] == "set":
-            options = dict(word.split("=", 1) for word in words[1:])
-            latency = options.get("latency", str(int(server.latency))) == "1"
-            faults = options.get("faults", str(int(server.faults))) == "1"
-            await server.set_mode(latency, faults)
-            reply({"ok": True, "latency": server.latency, "faults": server.faults})
-        elif words[0] == "reset":
-            server.counts.clear()
-            server.requests = 0
-            reply({"ok": True})
-        elif words[0] == "stats":
-            reply({"ok": True, "requests": server.requests, "connections": len(server.connections)})
-        elif words[0] == "stop":
-            await server.stop()
-        else:
-            reply({"ok": False, "error": f"unknown command {words[0]!r}"})
+    async def reset(options: dict[str, str]) -> dict:
+        server.reset()
+        return {}
 
-    def read_commands() -> None:  # a thread: stdin EOF (the parent went away) stops us
-        for line in sys.stdin:
-            asyncio.run_coroutine_threadsafe(command(line), loop).result()
-        asyncio.run_coroutine_threadsafe(server.stop(), loop)
+    async def stats(options: dict[str, str]) -> dict:
+        return server.stats()
 
-    threading.Thread(target=read_commands, daemon=True).start()
+    serve_commands(loop, {"set": set_mode, "reset": reset, "stats": stats}, server.stop)
     reply(
         {
             "ready": True,
@@ -748,7 +1065,12 @@ def _run(coroutine) -> None:
 
 
 class RealWeb:
-    """Start the web's server processes, hand out its URLs and expectations, switch its mode."""
+    """Start the web's server processes (and, with names, its DNS server), hand out its URLs
+    and expectations, switch its mode, read its counters.
+
+    With names, clients must resolve through the DNS server at ``dns_address``:``dns_port``;
+    run them in a namespace whose resolv.conf names it (``netns.NetworkNamespace``).
+    """
 
     def __init__(
         self,
@@ -763,7 +1085,8 @@ class RealWeb:
         self.plan = make_plan(self.config)
         self.port = 0
         self.workdir: Path | None = None
-        self._procs: list[subprocess.Popen] = []
+        self._servers: list[CommandedProcess] = []
+        self.dns: DnsProcess | None = None
         self.startup: list[dict] = []
 
     @property
@@ -771,8 +1094,12 @@ class RealWeb:
         assert self.workdir is not None, "start the web first"
         return self.workdir / "certs" / "ca.pem"
 
+    @property
+    def dns_port(self) -> int | None:
+        return self.dns.port if self.dns else None
+
     def start(self) -> RealWeb:
-        if self._procs:
+        if self._servers:
             return self
         self.workdir = Path(tempfile.mkdtemp(prefix="mmc4-realweb-"))
         try:
@@ -783,17 +1110,26 @@ class RealWeb:
                 pool.symlink_to(self.pool_cache.resolve(), target_is_directory=True)
             else:
                 write_pool(self.config, pool)
+            if self.config.names:
+                self.dns = DnsProcess(
+                    self.plan.zone(),
+                    address=self.config.dns_address,
+                    port=self.config.dns_port,
+                    servfail_ms=self.config.servfail_ms,
+                    max_runtime_s=self.config.max_runtime_s,
+                )
+                self.dns.set_mode(latency=self.config.latency, faults=self.config.faults)
             for part in range(self.processes):
-                self._spawn(part)
-                self.startup.append(self._read(self._procs[part], _READY_TIMEOUT_S))
+                self._servers.append(CommandedProcess(self._command_line(part), _READY_TIMEOUT_S))
+                self.startup.append(self._servers[-1].ready)
                 self.port = self.port or self.startup[0]["port"]
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _spawn(self, part: int) -> None:
-        cmd = [
+    def _command_line(self, part: int) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "mmc4_assets.devtools.real_web",
@@ -803,55 +1139,58 @@ class RealWeb:
             str(self.port),
             f"{part}/{self.processes}",
         ]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._procs.append(proc)
-
-    @staticmethod
-    def _read(proc: subprocess.Popen, timeout: float) -> dict:
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        line = proc.stdout.readline() if ready else ""
-        if not line:
-            raise RuntimeError(f"real web server {proc.pid} did not answer (exit {proc.poll()})")
-        message = json.loads(line)
-        if not message.get("ok", True):
-            raise RuntimeError(f"real web server: {message.get('error')}")
-        return message
 
     def _command(self, line: str) -> list[dict]:
-        for proc in self._procs:
-            proc.stdin.write(line + "\n")
-            proc.stdin.flush()
-        return [self._read(proc, 30.0) for proc in self._procs]
+        for server in self._servers:
+            server.send(line)
+        return [server.read(30.0) for server in self._servers]
 
     def set_mode(self, *, latency: bool, faults: bool) -> None:
-        """Switch every server process; the URLs stay the same."""
+        """Switch every server process (and the DNS server); the URLs stay the same."""
         self._command(f"set latency={int(latency)} faults={int(faults)}")
+        if self.dns:
+            self.dns.set_mode(latency=latency, faults=faults)
 
     def reset(self) -> None:
-        """Forget request counts (flaky hosts fail again, latency draws repeat): one per run."""
+        """Forget request counts and in-flight maxima (flaky hosts fail again, latency draws
+        repeat) and empty the DNS server's cache: one per run."""
         self._command("reset")
+        if self.dns:
+            self.dns.reset()
 
     def stats(self) -> dict:
+        """Requests served, CPU seconds of the web (servers and DNS), and per site and host:
+        the most requests in flight at once since the last reset (``max_in_flight_site``,
+        ``max_in_flight_host``), robots.txt requests, requests for images robots.txt closes to
+        us (``disallowed_requests``), and per throttled site its 429s, pause windows and
+        requests received inside an announced pause (``throttle``). Hosts are keyed as URLs
+        name them (name or IP), sites by registrable domain (IP mode: the IP)."""
         replies = self._command("stats")
-        return {
-            "requests": sum(r["requests"] for r in replies),
-            "cpu_s": sum(_cpu_seconds(p.pid) for p in self._procs),
-        }
+        merged: dict = {"requests": sum(r["requests"] for r in replies)}
+        for key in (
+            "max_in_flight_site",
+            "max_in_flight_host",
+            "robots_requests",
+            "disallowed_requests",
+            "throttle",
+        ):
+            merged[key] = {k: v for r in replies for k, v in r[key].items()}  # disjoint sites
+        site_max = merged["max_in_flight_site"]
+        merged["max_in_flight_any_site"] = max(site_max.values(), default=0)
+        merged["max_in_flight_any_host"] = max(merged["max_in_flight_host"].values(), default=0)
+        merged["cpu_s"] = sum(server.cpu_seconds() for server in self._servers)
+        if self.dns:
+            merged["dns"] = self.dns.stats()
+            merged["cpu_s"] += merged["dns"]["cpu_s"]
+        return merged
 
     def stop(self) -> None:
-        for proc in self._procs:
-            try:
-                proc.stdin.close()  # EOF: the server stops itself
-            except OSError:
-                pass
-        for proc in self._procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-        self._procs = []
+        for server in self._servers:
+            server.stop()
+        self._servers = []
+        if self.dns:
+            self.dns.stop()
+            self.dns = None
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -865,7 +1204,8 @@ class RealWeb:
         return self.plan.url(image, self.port)
 
     def entries(self) -> list[dict]:
-        """One dict per image: image_name, url, expect (with faults on), host_kind, fault."""
+        """One dict per image: image_name, url, expect (with faults on), host (as the URL
+        names it), site, host_kind, dns (the name's fate), robots_disallowed, fault."""
         out = []
         for image in self.plan.images:
             host = self.plan.hosts[image.host]
@@ -875,19 +1215,15 @@ class RealWeb:
                     "image_name": name + "." + image.path.rsplit(".", 1)[1],
                     "url": self.url(image),
                     "expect": image.expect,
+                    "host": self.plan.authority(host),
+                    "site": self.plan.site(host),
                     "host_kind": host.kind,
+                    "dns": host.dns if self.plan.names else "ok",
+                    "robots_disallowed": image.disallowed,
                     "fault": image.fault,
                 }
             )
         return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -907,6 +1243,7 @@ def main(argv: list[str] | None = None) -> None:
         if f.type in numbers:
             flag = "--" + f.name.replace("_", "-")
             parser.add_argument(flag, type=numbers[f.type], default=f.default)
+    parser.add_argument("--ip", action="store_true", help="URLs hold IP literals (no DNS)")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--no-faults", action="store_true")
     parser.add_argument("--processes", type=int, default=1)
@@ -915,16 +1252,21 @@ def main(argv: list[str] | None = None) -> None:
     options = {
         f.name: getattr(args, f.name) for f in fields(RealWebConfig) if hasattr(args, f.name)
     }
-    config = RealWebConfig(**options, latency=not args.no_latency, faults=not args.no_faults)
+    config = RealWebConfig(
+        **options, names=not args.ip, latency=not args.no_latency, faults=not args.no_faults
+    )
     with RealWeb(config, processes=args.processes) as web:
         with open(args.urls, "w") as out:
             for entry in web.entries():
                 expect = entry["expect"] if config.faults else "ok"
                 out.write(f"{entry['url']}\t{expect}\n")
         print(json.dumps(web.plan.summary()), flush=True)
-        print(f"urls: {args.urls}\nCA: {web.ca_file}\nCtrl-C to stop", flush=True)
+        print(f"urls: {args.urls}\nCA: {web.ca_file}", flush=True)
+        if web.dns:
+            print(f"DNS: {config.dns_address}:{web.dns_port} (resolve through it)", flush=True)
+        print("Ctrl-C to stop", flush=True)
         try:
-            while all(p.poll() is None for p in web._procs):
+            while all(s.proc.poll() is None for s in web._servers):
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass

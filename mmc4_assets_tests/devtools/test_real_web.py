@@ -18,6 +18,7 @@ from mmc4_assets.devtools.real_web import FAULTS, RealWeb, RealWebConfig, make_p
 SMALL = RealWebConfig(
     images=200,
     hosts=40,
+    names=False,  # names: test_real_web_names.py
     dead_hosts=0.05,
     silent_hosts=0.05,
     fault_fraction=0.15,
@@ -181,7 +182,7 @@ def test_fast_mode_serves_every_url_at_once_and_without_faults(web):
 
 def test_two_processes_share_the_hosts_and_stop_when_their_parent_lets_go():
     web = RealWeb(RealWebConfig(**{**vars(SMALL), "dead_hosts": 0}), processes=2).start()
-    procs = list(web._procs)
+    procs = [server.proc for server in web._servers]
     try:
         assert sorted(s["hosts"] for s in web.startup) == [20, 20]
         entries = [e for e in web.entries() if e["fault"] is None and e["host_kind"] == "live"]
@@ -199,6 +200,6 @@ def test_two_processes_share_the_hosts_and_stop_when_their_parent_lets_go():
 def test_server_stops_by_itself_after_its_maximum_runtime():
     web = RealWeb(RealWebConfig(**{**vars(SMALL), "max_runtime_s": 1.0})).start()
     try:
-        assert web._procs[0].wait(timeout=20) == 0  # nobody asked it to stop
+        assert web._servers[0].proc.wait(timeout=20) == 0  # nobody asked it to stop
     finally:
         web.stop()
