@@ -176,6 +176,8 @@ def run_ours(
     settings = dict(settings or {})
     if ca_file is not None:
         settings.setdefault("ca_bundle", str(ca_file))
+    if settings.get("sites_url") == "shared":  # a fresh site ledger the runs share
+        settings["sites_url"] = f"sqlite:///{work}/site_ledger.sqlite"
     shards: list[list[int]] = [[] for _ in range(runs)]
     turn: Counter[str] = Counter()
     for i, entry in enumerate(entries):
@@ -214,6 +216,9 @@ def run_ours(
         result["settings"] = one["settings"]
         for key in ("startup_cpu_s", "step_cpu_s"):
             result[key] = result.get(key, 0.0) + one[key]
+        politeness = Counter(result.get("politeness", {}))
+        politeness.update(one.get("politeness", {}))
+        result["politeness"] = dict(politeness)
     result["outcomes"] = dict(outcomes)
     result["ok"] = outcomes.get("ok", 0)
     result["runs"] = runs
@@ -244,6 +249,7 @@ def worker_ours(refs_path: str, data_dir: str, shard: str, settings_json: str) -
     def progress(info) -> None:
         print(f"ours: {info.done}/{info.total} {info.images_per_second:.0f} img/s", flush=True)
 
+    stats: dict = {}
     table: pd.DataFrame = download_shard(
         refs,
         data_dir=Path(data_dir),
@@ -252,12 +258,14 @@ def worker_ours(refs_path: str, data_dir: str, shard: str, settings_json: str) -
         previous=pd.DataFrame(),
         progress=progress,
         progress_interval=5.0,
+        stats=stats,
     )
     end = resource.getrusage(resource.RUSAGE_SELF)
     summary = {
         "settings": {k: v for k, v in vars(settings).items() if k != "ca_bundle"},
         "outcomes": dict(Counter(table["outcome"])),
         "outcome_by_url": dict(zip(table["url"], table["outcome"], strict=True)),
+        "politeness": stats,
         "startup_cpu_s": startup.ru_utime + startup.ru_stime,  # interpreter and imports
         "step_cpu_s": end.ru_utime + end.ru_stime,  # the step's own process, start-up included
     }
@@ -441,6 +449,7 @@ def bench_loopback_web(args, work: Path) -> dict[str, tuple[int, dict]]:
 
 
 FAST = "ours, no latency"
+PER_RUN = "ours, budgets per run"  # the same runs, each keeping its own site budgets
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -509,12 +518,20 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
         print(f"work folder: {work}", flush=True)
         all_ok = [{**e, "expect": "ok"} for e in entries]
         i2d_ca = img2dataset_trust(web.ca_file, work, args.img2dataset_ca)
+        per_run = {**settings, "sites_url": None}
         contenders = [
             (
                 "ours",
                 args.skip_ours,
                 True,
                 lambda d: run_ours(entries, d, web.ca_file, settings, args.runs),
+                entries,
+            ),
+            (
+                PER_RUN,
+                not args.compare_budgets,
+                True,
+                lambda d: run_ours(entries, d, web.ca_file, per_run, args.runs),
                 entries,
             ),
             (
@@ -618,15 +635,27 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
             f"{ours.get('step_cpu_s', 0):.1f} CPU s of which start-up "
             f"{ours.get('startup_cpu_s', 0):.1f} s; settings passed: {settings or 'none'}"
         )
-        engine = ours.get("settings", {})
-        budget = engine.get("per_site", engine.get("per_host"))
-        seen = ours["web"]
+    if PER_RUN in rate and "ours" in rate:
         print(
-            f"ours: most requests in flight at once on one site {seen['max_in_flight_any_site']}"
-            f", on one host {seen['max_in_flight_any_host']} (budget per site: {budget}); "
-            f"busiest sites {seen['busiest_sites']}; robots.txt requests "
-            f"{seen['robots_requests']}, requests for disallowed images "
-            f"{sum(seen['disallowed_requests'].values())}"
+            f"budgets shared by the {results['ours'][1]['runs']} runs / budgets per run: "
+            f"{rate['ours'] / rate[PER_RUN]:.0%} of the images/s"
+        )
+    for name in ("ours", PER_RUN):
+        if name not in results:
+            continue
+        r = results[name][1]
+        engine = r.get("settings", {})
+        budget = engine.get("per_site", engine.get("per_host"))
+        seen = r["web"]
+        politeness = r.get("politeness", {})
+        print(
+            f"{name}: most requests in flight at once on one site "
+            f"{seen['max_in_flight_any_site']}, on one host {seen['max_in_flight_any_host']} "
+            f"(budget per site: {budget}, shared: {bool(engine.get('sites_url'))}); busiest "
+            f"sites {seen['busiest_sites']}; robots.txt requests {seen['robots_requests']}, "
+            f"requests for disallowed images {sum(seen['disallowed_requests'].values())}; "
+            f"site ledger: {politeness.get('ledger_transactions', 0):,} transactions, "
+            f"{politeness.get('ledger_ms', 0) / 1000:.1f} s"
         )
     for name, (_, r) in results.items():
         if r.get("invalid_kinds"):
@@ -691,6 +720,12 @@ def main() -> None:
         "--web-set", action="append", metavar="KEY=VALUE", help="any RealWebConfig field"
     )
     real.add_argument("--runs", type=int, default=1, help="ours: N shard runs at once")
+    real.add_argument(
+        "--compare-budgets",
+        action="store_true",
+        help="ours again with budgets per run (no shared site ledger), side by side; give "
+        "--ours-setting sites_url=shared for the shared one (a fresh SQLite ledger per contender)",
+    )
     real.add_argument(
         "--ours-setting",
         action="append",

@@ -825,7 +825,9 @@ class _Server:
                         page = b"slow down\n"
                         keep = await self._send(writer, method, 429, page, "text/plain", wait)
                     else:
-                        keep = await self._respond(host, method, path, self.counts[key], writer)
+                        keep = await self._respond(
+                            host, method, path, self.counts[key], writer, reader
+                        )
                     await writer.drain()
                 finally:
                     self._leave(keys)
@@ -887,7 +889,9 @@ class _Server:
             return await self._send(writer, method, ROBOTS_5XX_STATUS, page, "text/html")
         return await self._send(writer, method, 404, b"<html>not found</html>", "text/html")
 
-    async def _respond(self, host: Host, method: str, path: str, count: int, writer) -> bool:
+    async def _respond(
+        self, host: Host, method: str, path: str, count: int, writer, reader
+    ) -> bool:
         """Send the ``count``-th response to this path; False when the connection must close."""
         if path == "/robots.txt":
             return await self._robots(host, method, writer)
@@ -941,10 +945,9 @@ class _Server:
         if fault == "stall":
             writer.write(_head(200, ctype, len(body)))
             await writer.drain()
-            try:
-                await asyncio.wait_for(self.stopped.wait(), self.config.stall_seconds)
-            except TimeoutError:
-                pass
+            # Until the client gives up (its read timeout) or the stall ends: a request the client
+            # has abandoned is no longer in flight, for the per-site counts.
+            await self._hold(reader)
             return False
         if fault == "oversize":
             writer.write(_head(200, ctype, OVERSIZE_BYTES))
@@ -970,6 +973,7 @@ class _Server:
         start, sent = loop.time(), 0
         step = max(16_384, int(rate / 50))
         view = memoryview(body)
+        total = len(view) * repeat
         for _ in range(repeat):
             for offset in range(0, len(view), step):
                 if writer.is_closing():  # the client gave up (a byte cap, a timeout)
@@ -979,7 +983,7 @@ class _Server:
                 sent += len(chunk)
                 await writer.drain()
                 wait = start + sent / rate - loop.time()
-                if wait > 0:
+                if wait > 0 and sent < total:  # the last byte is out: the response is done
                     await asyncio.sleep(wait)
 
 
