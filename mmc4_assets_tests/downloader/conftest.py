@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,15 @@ def server():
     yield make
     for s in servers:
         s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request, tmp_path) -> str:
+    """A site ledger on SQLite (one machine) and on a real PostgreSQL (many)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.sqlite"
+    server = request.getfixturevalue("postgres_server")
+    return server.create_database(f"ledger_{secrets.token_hex(4)}").url
 
 
 @pytest.fixture

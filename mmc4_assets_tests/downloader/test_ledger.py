@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
-
-import pytest
 
 from mmc4_assets.downloader.politeness.ledger import REPEAT_WINDOW_S, SiteLedger
 
 BACKOFF = {"backoff_base": 0.4, "pause_cap": 3600.0}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.sqlite"
-    server = request.getfixturevalue("postgres_server")
-    return server.create_database(f"ledger_{secrets.token_hex(4)}").url
 
 
 def held_now(url: str, site: str) -> int:

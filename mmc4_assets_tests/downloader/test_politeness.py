@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -33,14 +32,6 @@ BASE_SETTINGS = {
     "backoff_max": 0.5,
     "fetch_processes": 1,
 }
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.sqlite"
-    server = request.getfixturevalue("postgres_server")
-    return server.create_database(f"ledger_{secrets.token_hex(4)}").url
 
 
 class Runs:

@@ -7,21 +7,14 @@ import json
 import time
 
 from mmc4_assets.corpus.status import check_status, retryable_mask
-from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
+from mmc4_assets.downloader import ImageRef, download_shard
 from mmc4_assets.downloader.politeness.robots import origin_of
 from mmc4_assets.storage import layout
 from mmc4_assets_tests.downloader.local_server import image_bytes, refusing_url, send
+from mmc4_assets_tests.downloader.test_breaker import SETTINGS as BREAKER_SETTINGS
 
 SMALL = image_bytes(300, 200)
-SETTINGS = DownloadSettings(
-    allow_private_networks=True,
-    connect_timeout=1.0,
-    read_timeout=0.5,
-    total_deadline=5.0,
-    backoff_base=0.05,
-    backoff_max=0.1,
-    fetch_processes=1,
-)
+SETTINGS = dataclasses.replace(BREAKER_SETTINGS, respect_robots_txt=True, per_site=8)
 PATHS = ("/a.jpg", "/private/b.jpg", "/nomm/c.jpg", "/x/d.jpg")
 
 

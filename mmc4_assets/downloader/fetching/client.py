@@ -182,6 +182,7 @@ class HttpClient:
         meter: ByteMeter | None = None,
         last_for_host: bool = False,
         allow_hop: Callable[[str], Awaitable[FetchResult | None]] | None = None,
+        body: _BodyRules | None = None,
     ) -> FetchResult:
         """One try: follow up to max_redirects hops, each re-checked, all before ``deadline``.
 
@@ -189,39 +190,14 @@ class HttpClient:
         (left counted for a returned body; the caller releases them). ``last_for_host`` asks the
         server to close the connection after this response (nothing else to fetch there).
         ``allow_hop(url)``, for a redirect to another origin, returns the result that ends the
-        attempt there instead (that origin's robots.txt forbids it), or None to go on.
+        attempt there instead (that origin's robots.txt forbids it), or None to go on. ``body``:
+        what the body may be (an image's rules unless told otherwise).
         """
-        return await self._attempt(
-            url,
-            etag=etag,
-            last_modified=last_modified,
-            deadline=deadline,
-            meter=meter,
-            last_for_host=last_for_host,
-            allow_hop=allow_hop,
-            body=_IMAGE_BODY,
-        )
-
-    async def fetch_robots(self, url: str, *, deadline: float) -> FetchResult:
-        """One try at a robots.txt: redirects followed, the body cut at its 500 KiB cap."""
-        return await self._attempt(url, deadline=deadline, body=_ROBOTS_BODY)
-
-    async def _attempt(
-        self,
-        url: str,
-        *,
-        etag: str | None = None,
-        last_modified: str | None = None,
-        deadline: float,
-        meter: ByteMeter | None = None,
-        last_for_host: bool = False,
-        allow_hop: Callable[[str], Awaitable[FetchResult | None]] | None = None,
-        body: _BodyRules,
-    ) -> FetchResult:
         try:
             url = check_url(url)
         except InvalidUrl as error:
             return FetchResult("invalid_url", error=str(error), final=True)
+        body = body or _IMAGE_BODY
         headers = dict(self._headers)
         if body.accept:
             headers["Accept"] = body.accept
@@ -280,6 +256,10 @@ class HttpClient:
             final_url=current,
             answered=state.answered,
         )
+
+    async def fetch_robots(self, url: str, *, deadline: float) -> FetchResult:
+        """One try at a robots.txt: redirects followed, the body cut at its 500 KiB cap."""
+        return await self.attempt(url, deadline=deadline, body=_ROBOTS_BODY)
 
     async def _hop(self, url, headers, state, meter, rules) -> tuple[FetchResult, str | None]:
         s = self.settings
