@@ -179,11 +179,13 @@ def run_ours(
     if settings.get("sites_url") == "shared":  # a fresh site ledger the runs share
         settings["sites_url"] = f"sqlite:///{work}/site_ledger.sqlite"
     shards: list[list[int]] = [[] for _ in range(runs)]
-    turn: Counter[str] = Counter()
+    turn: dict[str, int] = {}
     for i, entry in enumerate(entries):
         host = entry["url"].split("/")[2]
-        shards[turn[host] % runs].append(i)
-        turn[host] += 1
+        # Each host's images round-robin, each host starting on the next shard: balanced shards.
+        at = turn.setdefault(host, len(turn))
+        shards[at % runs].append(i)
+        turn[host] = at + 1
     data = work / "data"
     cmds = []
     for shard, members in enumerate(shards):

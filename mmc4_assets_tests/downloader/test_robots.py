@@ -181,6 +181,17 @@ def test_a_crawl_delay_spaces_one_request_at_a_time(server, tmp_path):
     assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 0.35
 
 
+def test_a_long_crawl_delay_leaves_what_cannot_wait_for_a_later_run(server, tmp_path):
+    paths = [f"/{i}.jpg" for i in range(6)]
+    host = host_with(server, robots_route("User-agent: mmc4-assets\nCrawl-delay: 2\n"), paths=paths)
+    table = download_shard(refs_for([host], paths), data_dir=tmp_path, shard=1, settings=SETTINGS)
+    # total_deadline 5 s: the images that can start within it, one every 2 s, are fetched.
+    assert sorted(table.outcome) == ["ok"] * 3 + ["rate_limited"] * 3
+    assert host.fetches() == 3
+    left = table[table.outcome == "rate_limited"]
+    assert left.error.str.contains("asks 2s between requests").all() and retryable_mask(left).all()
+
+
 def test_robots_txt_can_be_turned_off(server, tmp_path):
     host = host_with(server, robots_route("User-agent: *\nDisallow: /\n"))
     settings = dataclasses.replace(SETTINGS, respect_robots_txt=False)

@@ -95,9 +95,6 @@ def tune_memory() -> None:
 
 # Bodies waiting for each decoder before new requests wait (a few seconds of its work).
 _BACKLOG_PER_DECODER = 16
-# The longest Crawl-delay honoured between two requests to a site (a larger one is read as this:
-# a shard's run must end).
-_CRAWL_DELAY_CAP = 60.0
 
 
 class FetchLoop:
@@ -221,6 +218,7 @@ class _Session:
         # Bodies waiting for a decoder before new requests wait too, but for the critical path.
         self.backlog = _BACKLOG_PER_DECODER * owner._decoders
         self.client: HttpClient | None = None
+        self.prefetched = 0  # sites (in the order they come into play) whose names are asked
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -243,6 +241,7 @@ class _Session:
                     queue.promote(now)
                     self._apply_site_changes(now)
                     next_site = self._bring_in_sites(order, next_site, now)
+                    self._prefetch_names(order, next_site)
                     self._start_requests()
                     self._update_wants()
                     gate.flush()
@@ -300,26 +299,31 @@ class _Session:
             if end <= now:
                 continue
             heapq.heappush(self.pause_ends, (end, site))
-            if site in gate.crawl_delays and end - now <= _CRAWL_DELAY_CAP:
-                continue  # Crawl-delay spacing: its images wait their turn
+            # An image waits if it can start within its deadline (one not started yet: within
+            # total_deadline from now); under a Crawl-delay, one image per delay after the pause.
             horizon = now + self.settings.total_deadline
+            delay = gate.crawl_delays.get(site, 0.0)
+            start = [end]
 
-            def can_wait(job: ImageJob, end=end, horizon=horizon) -> bool:
-                return (job.deadline if job.deadline is not None else horizon) > end
+            def can_wait(job: ImageJob, horizon=horizon, delay=delay, start=start) -> bool:
+                if start[0] >= (job.deadline if job.deadline is not None else horizon):
+                    return False
+                start[0] += delay
+                return True
 
+            if delay:
+                why = f"robots.txt asks {delay:g}s between requests: not fetched this run"
+            else:
+                why = f"site paused for {end - now:.0f}s after throttling: not fetched"
             for job in queue.drain(site, can_wait):
-                self._end_paused(job, site, end - now)
+                self._end_paused(job, why)
             self.touched.add(site)
 
-    def _end_paused(self, job: ImageJob, site: str, pause: float) -> None:
+    def _end_paused(self, job: ImageJob, why: str) -> None:
         if job.last_result is not None:  # its last try's outcome stands (a 503 stays a 503)
             result = job.last_result
         else:
-            result = FetchResult(
-                "rate_limited",
-                error=f"site {site} paused for {pause:.0f}s after throttling: not fetched",
-                attempts=job.attempts,
-            )
+            result = FetchResult("rate_limited", error=f"{job.site}: {why}", attempts=job.attempts)
         self.owner._finish(job.position, store_outcome(job, result, self.owner.shard))
 
     def _bring_in_sites(self, order: list[str], next_site: int, now: float) -> int:
@@ -340,6 +344,16 @@ class _Session:
                 gate.want(site, demand)
                 pledged += gate.wanted.get(site, 0)
         return next_site
+
+    def _prefetch_names(self, order: list[str], next_site: int) -> None:
+        """Look up the names of the sites in play and of the next ones in line, before their
+        first request needs them (lookups are cheap and run concurrently; waiting is not)."""
+        upto = min(len(order), next_site + self.settings.max_concurrency)
+        resolver = self.client.resolver
+        while self.prefetched < upto:
+            for host, port in self.queue.names_of(order[self.prefetched]):
+                resolver.prefetch(host, port)
+            self.prefetched += 1
 
     def _update_wants(self) -> None:
         gate, queue = self.gate, self.queue
@@ -525,7 +539,7 @@ class _Session:
             if verdict.failure is not None:
                 self.owner.politeness["robots_txt_unavailable"] += 1
             elif verdict.crawl_delay:
-                self.gate.crawl_delay(site, min(verdict.crawl_delay, _CRAWL_DELAY_CAP))
+                self.gate.crawl_delay(site, verdict.crawl_delay)
         for job in self.parked.pop(origin, []):
             self.queue.unpark(job)
         self.touched.add(site)
