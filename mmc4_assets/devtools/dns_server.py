@@ -83,6 +83,7 @@ class Resolver:
         record = self.zone.get(name)
         response = request.reply()  # id, question, QR, AA and RA set
         self.counts["queries"] += 1
+        self.counts[f"name:{name}"] += 1
         if record is None:
             response.header.rcode = RCODE.NXDOMAIN
             self.counts["unknown"] += 1

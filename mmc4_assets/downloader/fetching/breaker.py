@@ -4,8 +4,9 @@ A host that refuses, resets or never answers our connections costs every one of 
 timeout or a round of retries. Once a host has failed ``threshold`` times without answering once
 in this run, the breaker opens: its remaining images end at once with the same retryable
 outcome (the stale-image sensor tries them again after its cool-down) and an error that says
-why. A name that does not resolve, or a TLS handshake that fails, opens it at the first failure:
-they hold for every image of the host. A host that has answered even once is never cut off.
+why. A name that does not exist, or a TLS handshake that fails, opens it at the first failure:
+they hold for every image of the host. A name lookup that fails for now (SERVFAIL, no answer)
+counts like a refused connection. A host that has answered even once is never cut off.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Failures that say something about the host as a whole, not about one image.
-HOST_FAILURES = ("refused", "timeout", "dns", "tls")
+HOST_FAILURES = ("refused", "timeout", "dns", "dns_failure", "tls")
 _AT_ONCE = ("dns", "tls")
 
 
@@ -56,9 +57,10 @@ class HostBreaker:
         state.failures += 1
         state.outcome = outcome
         if kind in _AT_ONCE or state.failures >= self.threshold:
-            what = {"dns": "name does not resolve", "tls": "TLS handshake failed"}.get(
-                kind, f"{state.failures} failed connections ({kind}), no answer this run"
-            )
+            what = {"dns": "name does not resolve", "tls": "TLS handshake failed"}.get(kind)
+            if what is None:
+                tries = "name lookups" if kind == "dns_failure" else f"connections ({kind})"
+                what = f"{state.failures} failed {tries}, no answer this run"
             state.reason = f"host skipped: {what}; last error: {error}"
 
     def open_reason(self, host: str) -> tuple[str, str] | None:

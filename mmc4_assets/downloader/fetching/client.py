@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,8 @@ import aiohttp
 from yarl import URL
 
 from ..settings import DownloadSettings, tls_context
-from .netguard import AddressPolicy, BlockedAddress, GuardedResolver, check_literal
+from .netguard import AddressPolicy, BlockedAddress, check_literal
+from .resolver import GuardedResolver
 from .urls import InvalidUrl, check_url, opted_out, parse_retry_after
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -124,11 +126,12 @@ class HttpClient:
 
     async def __aenter__(self) -> HttpClient:
         s = self.settings
+        self.resolver = GuardedResolver(self.policy, timeout=s.connect_timeout)
         connector = aiohttp.TCPConnector(
             limit=0,  # the scheduler limits requests, globally and per host
             limit_per_host=0,
             ttl_dns_cache=None,  # one run: answers are kept (and checked) for its life
-            resolver=GuardedResolver(self.policy),
+            resolver=self.resolver,
             ssl=self._tls,
             keepalive_timeout=_KEEPALIVE_SECONDS,
         )
@@ -413,6 +416,8 @@ def _classify(error: BaseException, state: _AttemptState, *, deadline_hit: bool)
     if isinstance(error, aiohttp.InvalidURL):
         return FetchResult("invalid_url", error=text, final=True)
     if isinstance(error, aiohttp.ClientConnectorDNSError):
+        if getattr(error.os_error, "errno", None) == socket.EAI_AGAIN:  # SERVFAIL, no answer
+            return FetchResult("connection_error", error=text, host_failure="dns_failure")
         return FetchResult("connection_error", error=text, final=True, host_failure="dns")
     if isinstance(
         error,

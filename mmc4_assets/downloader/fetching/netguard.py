@@ -1,18 +1,16 @@
 """Address policy: which hosts the image downloader may connect to.
 
 The check runs on the addresses the client actually connects to: host names go through
-GuardedResolver, whose filtered answer is all the connector ever sees (so a DNS answer that
-changes between a check and the connect cannot slip through), and IP-literal hosts, which the
-connector does not resolve, are checked by ``check_literal`` on every hop, redirects included.
+resolver.GuardedResolver, whose filtered answer is all the connector ever sees (so a DNS answer
+that changes between a check and the connect cannot slip through), and IP-literal hosts, which
+the connector does not resolve, are checked by ``check_literal`` on every hop, redirects
+included.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 
 class BlockedAddress(Exception):
@@ -86,41 +84,3 @@ def check_literal(host: str, policy: AddressPolicy) -> None:
     address = ip_literal(host)
     if address is not None and not policy.permits(address):
         raise BlockedAddress(f"{host} is a non-public address")
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves through getaddrinfo and hands the connector only allowed addresses.
-
-    Answers, refusals and failures alike are kept for the life of the resolver (one shard run),
-    so a host holding a thousand images is looked up once.
-    """
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self._policy = policy
-        self._inner = ThreadedResolver()
-        self._answers: dict[tuple[str, int, int], list[ResolveResult] | BaseException] = {}
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        key = (host, port, int(family))
-        answer = self._answers.get(key)
-        if answer is None:
-            try:
-                answer = self._filter(host, await self._inner.resolve(host, port, family))
-            except (OSError, BlockedAddress) as error:
-                answer = error
-            self._answers[key] = answer
-        if isinstance(answer, BaseException):
-            raise type(answer)(*answer.args)  # a fresh one: re-raising grows its traceback
-        return answer
-
-    def _filter(self, host: str, found: list[ResolveResult]) -> list[ResolveResult]:
-        kept = [entry for entry in found if self._policy.permits(entry["host"])]
-        if not kept:
-            shown = ", ".join(sorted({entry["host"] for entry in found}))
-            raise BlockedAddress(f"{host} resolves to non-public address {shown}")
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()

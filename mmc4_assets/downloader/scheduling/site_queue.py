@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import re
 from collections import Counter, deque
 from collections.abc import Callable
 
 from ..storing.store import ImageJob
 
 _URGENT = -(2**62)  # ranks before any site's backlog
+_IPV4 = re.compile(r"^[0-9.]+$")
 
 
 class SiteQueue:
@@ -129,6 +131,15 @@ class SiteQueue:
         self._waiting[site] -= len(dropped)
         self.total_waiting -= len(dropped)
         return dropped
+
+    def names_of(self, site: str) -> set[tuple[str, int]]:
+        """(host name, port) of the site's waiting images, IP literals left out."""
+        names = set()
+        for job in self._pending.get(site, ()):
+            host, _, port = job.origin.rpartition("://")[2].rpartition(":")
+            if host and not host.startswith("[") and not _IPV4.match(host):
+                names.add((host, int(port)))
+        return names
 
     def demand(self, site: str) -> int:
         """Slots ``site`` could use: images waiting (retries, parked) plus requests in flight."""
