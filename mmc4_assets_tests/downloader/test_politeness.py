@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from mmc4_assets.corpus.status import retryable_mask
+from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
 from mmc4_assets.downloader.politeness.ledger import SiteLedger
 from mmc4_assets_tests.downloader.local_server import LocalServer, image_bytes, send
 
@@ -238,3 +240,24 @@ def test_a_site_that_throttles_repeatedly_ends_with_a_lower_budget(runs, tmp_pat
     ledger.close()
     # 8, halved at each repeat: the site ends the run at one connection, for every run.
     assert state.strikes >= 4 and state.cap == 1
+
+
+def test_a_run_that_cannot_get_a_sites_slots_leaves_its_images_for_later(tmp_path):
+    # Another run holds every slot of the site (and keeps renewing): this run waits
+    # total_deadline with nothing in flight, then ends the site's images rate_limited.
+    ledger_url = f"sqlite:///{tmp_path}/ledger.sqlite"
+    other = SiteLedger.open(ledger_url, lease_seconds=600)
+    assert other.acquire("other run", {"127.0.0.1": (8, 8)})[0] == {"127.0.0.1": list(range(8))}
+    server = site_server(latency=0.0, images=5)
+    try:
+        settings = DownloadSettings(
+            **{**BASE_SETTINGS, "total_deadline": 2.0}, sites_url=ledger_url
+        )
+        refs = [ImageRef(i, 0, f"{i}.jpg", server.url(f"/{i}.jpg")) for i in range(5)]
+        table = download_shard(refs, data_dir=tmp_path / "data", shard=1, settings=settings)
+    finally:
+        server.close()
+        other.close()
+    assert set(table.outcome) == {"rate_limited"} and server.count() == 0
+    assert table.error.str.contains("no connection of its budget free").all()
+    assert retryable_mask(table).all()

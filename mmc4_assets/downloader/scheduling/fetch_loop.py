@@ -219,6 +219,7 @@ class _Session:
         self.backlog = _BACKLOG_PER_DECODER * owner._decoders
         self.client: HttpClient | None = None
         self.prefetched = 0  # sites (in the order they come into play) whose names are asked
+        self.idle_since: float | None = None  # nothing in flight since, images still waiting
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -243,6 +244,7 @@ class _Session:
                     next_site = self._bring_in_sites(order, next_site, now)
                     self._prefetch_names(order, next_site)
                     self._start_requests()
+                    idle_until = self._give_up_when_idle(loop.time())
                     self._update_wants()
                     gate.flush()
                     now = loop.time()
@@ -258,6 +260,8 @@ class _Session:
                     flush_at = gate.next_flush()
                     if flush_at is not None:
                         wake_at = min(wake_at, flush_at)
+                    if idle_until is not None:
+                        wake_at = min(wake_at, idle_until)
                     try:
                         async with asyncio.timeout_at(wake_at):
                             await self.wake.wait()
@@ -284,6 +288,33 @@ class _Session:
                         self.owner.politeness["most_requests_per_site"] = most
         if self.failure:
             raise self.failure[0]
+
+    def _give_up_when_idle(self, now: float) -> float | None:
+        """When nothing has been in flight for total_deadline while images still wait (every
+        site left is held by other runs, paused, or its ledger out of reach), end those images
+        ``rate_limited`` for a later run rather than hold this one. Returns when to look again.
+        """
+        if self.fetching or self.decoding or not self.queue.total_waiting:
+            self.idle_since = None
+            return None
+        if self.idle_since is None:
+            self.idle_since = now
+        limit = self.settings.total_deadline
+        if now - self.idle_since < limit:
+            return self.idle_since + limit
+        gate = self.gate
+        for site in self.queue.waiting_sites():
+            if gate.pause_end(site) > now:
+                why = "site paused after throttling: not fetched this run"
+            elif gate.held.get(site, 0) == 0:
+                why = f"no connection of its budget free in {limit:g}s (other runs hold them)"
+            else:
+                why = f"not started in {limit:g}s"
+            for job in self.queue.drain(site, lambda job: False):
+                self._end_paused(job, why)
+            self.touched.add(site)
+        self.idle_since = None
+        return None
 
     def _apply_site_changes(self, now: float) -> None:
         """Sites whose slots or pause changed: requeue them, end what cannot wait a pause."""

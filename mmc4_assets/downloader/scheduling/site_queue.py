@@ -141,6 +141,10 @@ class SiteQueue:
                 names.add((host, int(port)))
         return names
 
+    def waiting_sites(self) -> list[str]:
+        """Sites with images waiting (retries and parked ones included)."""
+        return [site for site, count in self._waiting.items() if count > 0]
+
     def demand(self, site: str) -> int:
         """Slots ``site`` could use: images waiting (retries, parked) plus requests in flight."""
         return self._waiting[site] + self._active[site]
