@@ -664,6 +664,7 @@ class _Server:
     def _new_counters(self) -> None:
         # Requests in flight (request head received .. response sent), now and at most, by key.
         self.in_flight: Counter[str] = Counter()
+        self.answering: dict = {}  # writer -> the in-flight keys of the request it answers
         self.max_site: Counter[str] = Counter()
         self.max_host: Counter[str] = Counter()
         self.robots_requests: Counter[str] = Counter()
@@ -809,6 +810,9 @@ class _Server:
                 self.counts[key] += 1
                 keys = ("s:" + self.plan.site(host), "h:" + self.plan.authority(host))
                 self._enter(keys)
+                # A request stops counting once its last byte is handed to the socket (_paced),
+                # before the flow-control wait: the client may already be sending its next one.
+                self.answering[writer] = keys
                 try:
                     throttle = self.throttles.get(self.plan.site(host)) if self.faults else None
                     limited = (
@@ -830,7 +834,8 @@ class _Server:
                         )
                     await writer.drain()
                 finally:
-                    self._leave(keys)
+                    if self.answering.pop(writer, None) is not None:
+                        self._leave(keys)
                 if not (keep and keep_alive):
                     return
         except (OSError, RuntimeError):  # the client hung up (uvloop: RuntimeError on write)
@@ -844,6 +849,11 @@ class _Server:
                 writer.transport.abort()
             else:
                 writer.close()
+
+    def _answered(self, writer) -> None:
+        keys = self.answering.pop(writer, None)
+        if keys is not None:
+            self._leave(keys)
 
     def _enter(self, keys: tuple[str, str]) -> None:
         site, host = keys
@@ -957,16 +967,20 @@ class _Server:
 
     async def _send(self, writer, method, status, body, ctype, extra=None) -> bool:
         writer.write(_head(status, ctype, len(body), extra))
-        if method != "HEAD":
+        if method != "HEAD" and body:
             await self._paced(writer, body)
+        else:
+            self._answered(writer)
         return True
 
     async def _paced(self, writer, body: bytes, repeat: int = 1) -> None:
         """Write ``body`` (``repeat`` times) at bytes_per_second, or at once without latency."""
         rate = self.config.bytes_per_second
         if not self.latency or rate <= 0:
-            for _ in range(repeat):
+            for number in range(repeat):
                 writer.write(body)
+                if number == repeat - 1:
+                    self._answered(writer)
                 await writer.drain()
             return
         loop = asyncio.get_running_loop()
@@ -981,6 +995,8 @@ class _Server:
                 chunk = view[offset : offset + step]
                 writer.write(chunk)
                 sent += len(chunk)
+                if sent >= total:
+                    self._answered(writer)
                 await writer.drain()
                 wait = start + sent / rate - loop.time()
                 if wait > 0 and sent < total:  # the last byte is out: the response is done

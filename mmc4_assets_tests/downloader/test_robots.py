@@ -175,7 +175,7 @@ def test_a_crawl_delay_spaces_one_request_at_a_time(server, tmp_path):
     refs = refs_for([host], paths=[f"/{i}.jpg" for i in range(4)])
     stats: dict = {}
     table = download_shard(refs, data_dir=tmp_path, shard=1, settings=SETTINGS, stats=stats)
-    assert (table.outcome == "ok").all() and stats["sites_with_crawl_delay"] == 1
+    assert (table.outcome == "ok").all() and stats["origins_with_crawl_delay"] == 1
     starts = sorted(t for p, t, _ in host.requests if p != "/robots.txt")
     assert len(starts) == 4 and host.max_active == 1
     assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) >= 0.35

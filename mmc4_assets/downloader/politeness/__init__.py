@@ -1,6 +1,6 @@
 """Politeness at corpus scale: sites, their budgets shared by every run, throttling, robots.txt.
 
-``sites`` groups hosts by registrable domain; ``ledger`` keeps each site's connection slots and
+``sites`` groups hosts by registrable domain; ``ledger`` keeps each site's connection leases and
 throttle state where every run of the deployment sees them; ``broker`` is a run's one link to
 it; ``gate`` is a fetch loop's view; ``robots`` and ``robots_cache`` read, obey and keep
 robots.txt.
@@ -14,7 +14,7 @@ COUNTERS = (
     "robots_txt_unavailable",  # origins whose robots.txt failed (5xx, unreachable): retried later
     "throttles",  # 429/503 answers received
     "sites_paused",  # sites this run saw paused, by its own throttles or another run's
-    "sites_with_crawl_delay",
+    "origins_with_crawl_delay",  # origins whose robots.txt asks for a Crawl-delay (spaced)
     "most_requests_per_site",  # the most requests this run had in flight to one site
     "ledger_transactions",  # the cost of sharing budgets: transactions with the site ledger
     "ledger_ms",  # and the time they took

@@ -2,9 +2,9 @@
 
 Fetch loops (in this process or in fetch worker processes) send it what they want; it batches
 their wants into one ledger transaction per turn, renews the run's leases, polls the ledger for
-sites other runs paused or throttled, and answers each loop with its slots and site states. A
-run holds one database connection, whatever its fetch processes, and a killed run's slots come
-back when their lease expires.
+sites other runs paused or throttled, and answers each loop with its connections and site
+states. A run holds one database connection, whatever its fetch processes, and a killed run's
+leases stop counting when they expire.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # how often other runs' throttles are looked up: the bound on a pause's spread
 _TURN_S = 0.02  # at most this often a turn: what arrives meanwhile goes in one transaction
-_RETRY_SHORT_S = 0.5  # a site whose slots other runs hold is asked again after this
+_RETRY_SHORT_S = 0.5  # a site whose budget other runs hold is asked again after this
 _CREDIT_S = 1.0  # successes at a lowered budget are reported this often
 _WARN_EVERY_S = 30.0
 
@@ -51,10 +51,12 @@ class SiteBroker:
         self._clients: dict[int, Callable[[list], None]] = {}
         self._owner: dict[str, int] = {}
         self._wanted: dict[str, int] = {}
-        self._held: dict[str, list[int]] = {}
+        self._held: dict[str, int] = {}
         self._budget: dict[str, int] = {}  # configured budget per site, from the wants
-        self._retry_at: dict[str, float] = {}
+        self._dirty: set[str] = set()  # wants changed since the last sync
+        self._retry_at: dict[str, float] = {}  # sites short of what they want: ask again then
         self._credits: dict[str, list[int]] = {}  # site -> [successes, budget]
+        self._events: list[tuple] = []  # throttles not written yet
         self._stop = threading.Event()
         self._last_change: float | None = None
         self._next_poll = self._next_renew = self._next_credit = 0.0
@@ -77,7 +79,7 @@ class SiteBroker:
         self._inbox.put((client, messages))
 
     def close(self) -> None:
-        """Give back every slot of the run and stop."""
+        """Give back every lease of the run and stop."""
         self._stop.set()
         self._inbox.put(None)
         self._thread.join(timeout=30)
@@ -119,14 +121,13 @@ class SiteBroker:
             except LedgerUnavailable as error:
                 self._unavailable(error)
                 time.sleep(0.5)
-            except Exception:  # noqa: BLE001 - the run goes on with the slots it holds
+            except Exception:  # noqa: BLE001 - the run goes on with the leases it holds
                 log.exception("site broker: unexpected error")
                 time.sleep(0.5)
             self._stop.wait(max(0.0, turn_started + _TURN_S - time.monotonic()))
 
     def _due_retry(self) -> float:
-        short = [at for site, at in self._retry_at.items() if site in self._wanted]
-        return min(short, default=self._next_poll)
+        return min(self._retry_at.values(), default=self._next_poll)
 
     def _timed(self, action, *args, **kwargs):
         started = time.perf_counter()
@@ -151,12 +152,16 @@ class SiteBroker:
         for client, messages in batch:
             for message in messages:
                 self._apply(client, message, answers)
+        self._write_events(answers)  # throttles first: they stop other runs soonest
         now = time.monotonic()
-        self._release_surplus(answers)
-        self._acquire(now, answers)
-        if now >= self._next_renew:
+        due = set(self._dirty)
+        due.update(site for site, at in self._retry_at.items() if at <= now)
+        renew = now >= self._next_renew
+        if renew:
             self._next_renew = now + self.settings.lease_seconds / 3
-            self._renew(answers)
+            due.update(self._held)  # renewed, and shrunk to a budget lowered meanwhile
+        if due or renew:
+            self._sync(due, renew, now, answers)
         if now >= self._next_poll:
             self._next_poll = now + _POLL_S
             self._poll(answers)
@@ -175,10 +180,18 @@ class SiteBroker:
                 self._wanted[site] = total
             else:
                 self._wanted.pop(site, None)
-                self._retry_at.pop(site, None)
-        elif kind == "throttle":
-            _, _, retry_after, started_ago, budget = message
+            self._dirty.add(site)
+        elif kind == "success":
+            _, _, count, budget = message
+            entry = self._credits.setdefault(site, [0, budget])
+            entry[0] += count
+        elif kind == "throttle":  # written in this turn, kept until it is
             self._owner.setdefault(site, client)
+            self._events.append(message)
+
+    def _write_events(self, answers: dict) -> None:
+        while self._events:
+            _, site, retry_after, started_ago, budget = self._events[0]
             state = self._timed(
                 self._ledger.throttle,
                 site,
@@ -188,72 +201,29 @@ class SiteBroker:
                 backoff_base=self.settings.backoff_base,
                 pause_cap=self.settings.pause_cap,
             )
-            self._budget[site] = budget
             self._tell_state(state, answers)
-        elif kind == "success":
-            _, _, count, budget = message
-            entry = self._credits.setdefault(site, [0, budget])
-            entry[0] += count
-        elif kind == "crawl_delay":
-            self._timed(self._ledger.set_crawl_delay, site, message[2])
-        elif kind == "rest":
-            self._timed(self._ledger.rest, site, message[2])
+            self._events.pop(0)
 
-    def _release_surplus(self, answers: dict) -> None:
-        surplus: dict[str, list[int]] = {}
-        for site, slots in list(self._held.items()):
-            keep = self._wanted.get(site, 0)
-            if len(slots) > keep:
-                slots.sort()
-                surplus[site] = slots[keep:]
-                del slots[keep:]
-                if not slots:
-                    del self._held[site]
-                self._tell_held(site, answers)
-        if surplus:
-            self._timed(self._ledger.release, self.holder, surplus)
-
-    def _acquire(self, now: float, answers: dict) -> None:
-        wants = {}
-        for site, total in self._wanted.items():
-            more = total - len(self._held.get(site, ()))
-            if more > 0 and self._retry_at.get(site, 0.0) <= now:
-                wants[site] = (more, self._budget_for(site, total))
-        if not wants:
-            return
-        granted, states = self._timed(self._ledger.acquire, self.holder, wants)
-        for site in wants:
-            got = granted.get(site, [])
-            if got:
-                self._held.setdefault(site, []).extend(got)
-            short = len(self._held.get(site, ())) < self._wanted[site]
+    def _sync(self, due: set[str], renew: bool, now: float, answers: dict) -> None:
+        wants = {site: (self._wanted.get(site, 0), self._budget.get(site, 1)) for site in due}
+        held, states = self._timed(self._ledger.sync, self.holder, wants, renew=renew)
+        self._dirty.difference_update(due)
+        for site in due:
+            count = held.get(site, 0)
+            if count:
+                self._held[site] = count
+            else:
+                self._held.pop(site, None)
+            short = count < self._wanted.get(site, 0)
             if short:
                 self._retry_at[site] = now + _RETRY_SHORT_S
             else:
                 self._retry_at.pop(site, None)
-            self._tell_held(site, answers, short=short)
+            client = self._owner.get(site)
+            if client is not None:
+                answers.setdefault(client, []).append(("held", site, count, short))
             state = states.get(site)
-            if state is not None and (state.pause_left > 0 or state.budget(1 << 30) < (1 << 30)):
-                self._tell_state(state, answers)
-
-    def _budget_for(self, site: str, total: int) -> int:
-        return self._budget.get(site, total)
-
-    def _renew(self, answers: dict) -> None:
-        if not self._held:
-            return
-        budgets = {site: self._budget_for(site, len(s)) for site, s in self._held.items()}
-        held, states = self._timed(self._ledger.renew, self.holder, budgets)
-        for site in list(self._held):
-            now_held = sorted(held.get(site, []))
-            if now_held != sorted(self._held[site]):
-                if now_held:
-                    self._held[site] = now_held
-                else:
-                    del self._held[site]
-                self._tell_held(site, answers)
-        for state in states.values():
-            if state.pause_left > 0 or state.cap is not None or state.crawl_delay:
+            if state is not None and (state.pause_left > 0 or state.cap is not None):
                 self._tell_state(state, answers)
 
     def _poll(self, answers: dict) -> None:
@@ -262,22 +232,12 @@ class SiteBroker:
             if state.site in self._owner:
                 self._tell_state(state, answers)
 
-    def _tell_held(self, site: str, answers: dict, short: bool = False) -> None:
-        client = self._owner.get(site)
-        if client is not None:
-            count = len(self._held.get(site, ()))
-            answers.setdefault(client, []).append(("held", site, count, short))
-
     def _tell_state(self, state: SiteState, answers: dict) -> None:
         client = self._owner.get(state.site)
         if client is None:
             return
-        budget = None
-        if state.crawl_delay:
-            budget = 1
-        elif state.cap is not None:
-            budget = state.cap
-        message = ("state", state.site, state.pause_left, budget, state.cap is not None)
+        capped = state.cap is not None
+        message = ("state", state.site, state.pause_left, state.cap, capped)
         answers.setdefault(client, []).append(message)
 
     def _unavailable(self, error: LedgerUnavailable) -> None:
@@ -288,8 +248,8 @@ class SiteBroker:
         if now - self._warned_at >= _WARN_EVERY_S:
             self._warned_at = now
             log.warning(
-                "site ledger unreachable for %.0fs (%s): the run keeps the slots it holds and "
-                "waits for the rest",
+                "site ledger unreachable for %.0fs (%s): the run keeps the connections it "
+                "holds and waits for the rest",
                 now - self._down_since,
                 error,
             )

@@ -1,12 +1,12 @@
 """The fetch loop's side of the site budget: which sites it may send requests to, and how many.
 
-A fetch loop says how many slots it wants per site (``want``) and reports what sites tell it
-(``throttled``, ``succeeded``, ``crawl_delay``); the run's broker, in another thread or process,
-answers with slots held and site states (``receive``). Nothing here waits: messages are queued
+A fetch loop says how many connections it wants per site (``want``) and reports what sites tell
+it (``throttled``, ``succeeded``); the run's broker, in another thread or process,
+answers with connections held and site states (``receive``). Nothing here waits: messages are queued
 and sent by ``flush`` once per loop turn, so the coordination stays off the per-image path.
 
-Local reflexes do not wait for the ledger: a throttle pauses the site here at once, and a
-Crawl-delay spaces this loop's requests to the site; the ledger then tells every other run.
+Local reflexes do not wait for the ledger: a throttle pauses the site here at once; the ledger
+then tells every other run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ FLUSH_S = 0.02  # messages to the broker are coalesced over this long (a throttl
 
 
 class SiteGate:
-    """Per-site slots and pauses as this fetch loop knows them; single-threaded (the loop's)."""
+    """Per-site connections and pauses as this fetch loop knows them; single-threaded."""
 
     def __init__(
         self,
@@ -39,7 +39,6 @@ class SiteGate:
         self.starved: set[str] = set()  # wanted more than the broker could get
         self.paused_until: dict[str, float] = {}  # clock time; only future pauses matter
         self.budget_now: dict[str, int] = {}  # lowered budgets, Crawl-delay's 1
-        self.crawl_delays: dict[str, float] = {}
         self._capped: set[str] = set()  # sites whose budget was lowered: successes count
         self._successes: dict[str, int] = {}
         self._outbox: list[tuple] = []
@@ -53,9 +52,7 @@ class SiteGate:
     # -- what the loop asks --------------------------------------------------------------------
 
     def budget(self, site: str) -> int:
-        """The site's budget now: configured, lowered after throttling, 1 under a Crawl-delay."""
-        if site in self.crawl_delays:
-            return 1
+        """The site's budget now: configured, or lowered after throttling."""
         return min(self.budgets(site), self.budget_now.get(site, 1 << 30))
 
     def limit(self, site: str, now: float) -> int:
@@ -68,7 +65,7 @@ class SiteGate:
         return self.paused_until.get(site, 0.0)
 
     def want(self, site: str, total: int) -> None:
-        """Hold ``total`` slots of ``site`` (0: give them all back)."""
+        """Hold ``total`` connections of ``site`` (0: give them all back)."""
         total = max(0, min(total, self.budget(site)))
         if self.wanted.get(site, 0) == total:
             return
@@ -98,25 +95,11 @@ class SiteGate:
         if site in self._capped:
             self._successes[site] = self._successes.get(site, 0) + 1
 
-    def crawl_delay(self, site: str, delay: float) -> None:
-        """robots.txt asks for ``delay`` seconds between requests: one connection, spaced."""
-        if delay > self.crawl_delays.get(site, 0.0):
-            self.crawl_delays[site] = delay
-            self.changed.add(site)
-            self._outbox.append(("crawl_delay", site, delay))
-
-    def started(self, site: str) -> None:
-        """A request to ``site`` started: under a Crawl-delay the next waits that long."""
-        delay = self.crawl_delays.get(site)
-        if delay:
-            self._pause(site, self.clock() + delay, quiet=True)
-
-    def _pause(self, site: str, until: float, quiet: bool = False) -> None:
+    def _pause(self, site: str, until: float) -> None:
         if until > self.paused_until.get(site, 0.0):
             self.paused_until[site] = until
             self.changed.add(site)
-            if not quiet:
-                self.paused_sites.add(site)
+            self.paused_sites.add(site)
 
     # -- the broker's side ---------------------------------------------------------------------
 
@@ -139,14 +122,6 @@ class SiteGate:
         if not self._outbox and not self._successes:
             return None
         return self._flushed_at + FLUSH_S
-
-    def release_rest(self, site: str) -> None:
-        """The loop is done with a Crawl-delay site: other runs wait out the delay too."""
-        delay = self.crawl_delays.get(site)
-        if delay:
-            left = self.paused_until.get(site, 0.0) - self.clock()
-            if left > 0:
-                self._outbox.append(("rest", site, left))
 
     def receive(self, messages: list[tuple]) -> None:
         """Apply the broker's answers: ("held", site, n, short) and ("state", site, ...)."""

@@ -1,19 +1,20 @@
-"""The site ledger: connection slots and throttle state per site, shared by every run.
+"""The site ledger: each site's connection budget and throttle state, shared by every run.
 
 Where it lives is where the deployment already keeps shared state: the Dagster instance's
 Postgres when the instance is on Postgres (runs on many machines), a SQLite file beside the
 instance otherwise (every CLI and daemon run on one machine), or memory for a lone engine run.
 
-Slots, not counters: a site's budget of N connections is the slot numbers 0..N-1, and a run
-holds a slot by owning its row (primary key ``(site, slot)``), so two runs can never hold one
-slot, whatever the interleaving, without locks or counters to keep in step. A row carries an
-expiry that its holder renews; a killed run's slots are free once they expire. A lowered
-budget (after repeated throttling) or a Crawl-delay simply makes the higher slot numbers
-unusable: holders give them back at their next renewal.
+A run holds a *lease* per site it is fetching from: a number of connections, with an expiry it
+renews. A lease grows only while the site is locked (an advisory lock per site in Postgres, the
+database's write lock in SQLite) and only into what the other holders' unexpired leases leave
+of the site's budget, so the leases of a site never add up to more than its budget, whatever
+the interleaving; a killed run's leases stop counting when they expire. All of a run's changes
+of a moment (more for some sites, less for others, renewals) go in one transaction.
 
 Throttling is a site's state: ``paused_until`` (no run sends a request before it), the number
-of throttles in a row, a lowered budget (``cap``) that grows back by one for every ``cap``
-successes, and a Crawl-delay. Times are the database's clock, so machines need not agree.
+of throttles in a row, and a lowered budget (``cap``) that grows back by one for every ``cap``
+successes. Holders shrink to a lowered budget at their next renewal. Times are the database's
+clock, so machines need not agree.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ REPEAT_WINDOW_S = 60.0
 _BATCH = 200  # rows per statement
 
 _SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS mmc4_site_slots (
-        site TEXT NOT NULL,
-        slot INTEGER NOT NULL,
+    """CREATE TABLE IF NOT EXISTS mmc4_site_leases (
         holder TEXT NOT NULL,
+        site TEXT NOT NULL,
+        connections INTEGER NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (site, slot))""",
-    "CREATE INDEX IF NOT EXISTS mmc4_site_slots_holder ON mmc4_site_slots (holder)",
+        PRIMARY KEY (holder, site))""",
+    "CREATE INDEX IF NOT EXISTS mmc4_site_leases_site ON mmc4_site_leases (site)",
     """CREATE TABLE IF NOT EXISTS mmc4_site_state (
         site TEXT PRIMARY KEY,
         paused_until DOUBLE PRECISION NOT NULL DEFAULT 0,
@@ -47,11 +48,10 @@ _SCHEMA = (
         strikes INTEGER NOT NULL DEFAULT 0,
         cap INTEGER,
         credit INTEGER NOT NULL DEFAULT 0,
-        crawl_delay DOUBLE PRECISION,
         changed_at DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS mmc4_site_state_changed ON mmc4_site_state (changed_at)",
 )
-_STATE_COLUMNS = "site, paused_until, throttled_at, strikes, cap, credit, crawl_delay"
+_STATE_COLUMNS = "site, paused_until, throttled_at, strikes, cap, credit"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,6 @@ class SiteState:
     strikes: int = 0
     cap: int | None = None
     credit: int = 0
-    crawl_delay: float | None = None
     now: float = 0.0
 
     @property
@@ -72,19 +71,15 @@ class SiteState:
         return max(0.0, self.paused_until - self.now)
 
     def budget(self, configured: int) -> int:
-        """Connections the site may have now: one under a Crawl-delay, else the lowered cap."""
-        if self.crawl_delay:
-            return 1
+        """Connections the site may have now: the configured budget, or the lowered cap."""
         if self.cap is not None:
             return max(1, min(configured, self.cap))
         return configured
 
 
 def _state(row, now: float) -> SiteState:
-    site, paused_until, throttled_at, strikes, cap, credit, crawl_delay = row
-    return SiteState(
-        site, float(paused_until), throttled_at, int(strikes), cap, int(credit), crawl_delay, now
-    )
+    site, paused_until, throttled_at, strikes, cap, credit = row
+    return SiteState(site, float(paused_until), throttled_at, int(strikes), cap, int(credit), now)
 
 
 class LedgerUnavailable(RuntimeError):
@@ -121,6 +116,11 @@ class SiteLedger:
         """Make rows for ``sites`` exist, locked until the transaction ends."""
         raise NotImplementedError
 
+    def _lock_sites(self, cursor, sites: list[str]) -> None:
+        """Hold ``sites`` (sorted) for the rest of the transaction: no other holder changes its
+        lease on them meanwhile."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -149,95 +149,73 @@ class SiteLedger:
             found = self._states(cursor, sites, now)
         return {site: found.get(site) or SiteState(site, now=now) for site in sites}
 
-    def acquire(
-        self, holder: str, wants: Mapping[str, tuple[int, int]]
-    ) -> tuple[dict[str, list[int]], dict[str, SiteState]]:
-        """Take up to ``more`` free slots of each site (``wants``: site -> (more, budget)).
-
-        Returns the slots taken per site and the sites' states (paused sites get none).
+    def sync(
+        self, holder: str, wants: Mapping[str, tuple[int, int]], *, renew: bool = False
+    ) -> tuple[dict[str, int], dict[str, SiteState]]:
+        """Set the holder's connections to each site (``wants``: site -> (wanted, configured
+        budget)) to what it wants, within what the other holders' leases leave of the site's
+        budget now, and never more while the site is paused; with ``renew``, extend all its
+        leases. One transaction. Returns the connections held per site and the sites' states.
         """
         sites = sorted(wants)
         with self._transaction(write=True) as cursor:
             now = self._now(cursor)
+            self._lock_sites(cursor, sites)
             found = self._states(cursor, sites, now)
-            states = {site: found.get(site) or SiteState(site, now=now) for site in sites}
-            taken: set[tuple[str, int]] = set()
+            others: dict[str, int] = {}
+            mine: dict[str, int] = {}
             for part in _chunks(sites):
                 cursor.execute(
-                    "SELECT site, slot FROM mmc4_site_slots "
-                    f"WHERE site IN ({self._marks(len(part))}) AND expires_at > {self._marker}",
-                    [*part, now],
+                    "SELECT site, holder, connections FROM mmc4_site_leases "
+                    f"WHERE site IN ({self._marks(len(part))}) "
+                    f"AND (expires_at > {self._marker} OR holder = {self._marker})",
+                    [*part, now, holder],
                 )
-                taken.update((site, int(slot)) for site, slot in cursor.fetchall())
-            rows: list[tuple[str, int]] = []
-            for site in sites:
-                more, budget = wants[site]
-                state = states[site]
-                if more <= 0 or state.pause_left > 0:
-                    continue
-                free = [n for n in range(state.budget(budget)) if (site, n) not in taken]
-                rows.extend((site, n) for n in free[:more])
-            granted: dict[str, list[int]] = {}
+                for site, owner, connections in cursor.fetchall():
+                    if owner == holder:
+                        mine[site] = int(connections)
+                    else:
+                        others[site] = others.get(site, 0) + int(connections)
+            held: dict[str, int] = {}
+            states: dict[str, SiteState] = {}
+            rows, gone = [], []
             expires = now + self.lease_seconds
+            for site in sites:
+                wanted, budget = wants[site]
+                state = states[site] = found.get(site) or SiteState(site, now=now)
+                target = min(wanted, max(0, state.budget(budget) - others.get(site, 0)))
+                if state.pause_left > 0:
+                    target = min(target, mine.get(site, 0))  # no more while paused
+                held[site] = target
+                if target > 0:
+                    rows.append((holder, site, target, expires))
+                elif site in mine:
+                    gone.append(site)
             for part in _chunks(rows):
                 values = ", ".join(f"({self._marks(4)})" for _ in part)
                 cursor.execute(
-                    "INSERT INTO mmc4_site_slots (site, slot, holder, expires_at) "
-                    f"VALUES {values} ON CONFLICT (site, slot) DO UPDATE SET "
-                    "holder = excluded.holder, expires_at = excluded.expires_at "
-                    f"WHERE mmc4_site_slots.expires_at <= {self._marker} RETURNING site, slot",
-                    [v for site, slot in part for v in (site, slot, holder, expires)] + [now],
+                    "INSERT INTO mmc4_site_leases (holder, site, connections, expires_at) "
+                    f"VALUES {values} ON CONFLICT (holder, site) DO UPDATE SET "
+                    "connections = excluded.connections, expires_at = excluded.expires_at",
+                    [value for row in part for value in row],
                 )
-                for site, slot in cursor.fetchall():
-                    granted.setdefault(site, []).append(int(slot))
-        return granted, states
-
-    def release(self, holder: str, slots: Mapping[str, Iterable[int]]) -> None:
-        """Give back these slots (a site done, or fewer images left than slots held)."""
-        pairs = [(site, slot) for site, numbers in slots.items() for slot in numbers]
-        if not pairs:
-            return
-        with self._transaction(write=True) as cursor:
-            for part in _chunks(pairs):
-                clause = " OR ".join(
-                    f"(site = {self._marker} AND slot = {self._marker})" for _ in part
-                )
+            for part in _chunks(gone):
                 cursor.execute(
-                    f"DELETE FROM mmc4_site_slots WHERE holder = {self._marker} AND ({clause})",
-                    [holder, *(v for pair in part for v in pair)],
+                    f"DELETE FROM mmc4_site_leases WHERE holder = {self._marker} "
+                    f"AND site IN ({self._marks(len(part))})",
+                    [holder, *part],
                 )
+            if renew:
+                cursor.execute(
+                    f"UPDATE mmc4_site_leases SET expires_at = {self._marker} "
+                    f"WHERE holder = {self._marker}",
+                    [expires, holder],
+                )
+        return held, states
 
     def release_all(self, holder: str) -> None:
         with self._transaction(write=True) as cursor:
-            cursor.execute(f"DELETE FROM mmc4_site_slots WHERE holder = {self._marker}", [holder])
-
-    def renew(
-        self, holder: str, budgets: Mapping[str, int]
-    ) -> tuple[dict[str, list[int]], dict[str, SiteState]]:
-        """Extend the holder's slots; drop those above their site's budget now (``budgets``:
-        the configured budget per site). Returns the slots still held and their sites' states."""
-        with self._transaction(write=True) as cursor:
-            now = self._now(cursor)
-            cursor.execute(
-                f"UPDATE mmc4_site_slots SET expires_at = {self._marker} "
-                f"WHERE holder = {self._marker} RETURNING site, slot",
-                [now + self.lease_seconds, holder],
-            )
-            held: dict[str, list[int]] = {}
-            for site, slot in cursor.fetchall():
-                held.setdefault(site, []).append(int(slot))
-            found = self._states(cursor, sorted(held), now)
-            states = {site: found.get(site) or SiteState(site, now=now) for site in held}
-            surplus = {}
-            for site, slots in held.items():
-                limit = states[site].budget(budgets.get(site, max(slots) + 1))
-                over = [slot for slot in slots if slot >= limit]
-                if over:
-                    surplus[site] = over
-                    held[site] = [slot for slot in slots if slot < limit]
-        if surplus:
-            self.release(holder, surplus)
-        return {site: slots for site, slots in held.items() if slots}, states
+            cursor.execute(f"DELETE FROM mmc4_site_leases WHERE holder = {self._marker}", [holder])
 
     def throttle(
         self,
@@ -292,9 +270,7 @@ class SiteLedger:
                 f"WHERE site = {self._marker}",
                 [paused_until, throttled_at, strikes, cap, credit, now, site],
             )
-            return SiteState(
-                site, paused_until, throttled_at, strikes, cap, credit, state.crawl_delay, now
-            )
+            return SiteState(site, paused_until, throttled_at, strikes, cap, credit, now)
 
     def credit(self, site: str, successes: int, budget: int) -> SiteState:
         """Successes at a lowered budget: it grows by one for every ``cap`` of them."""
@@ -321,31 +297,7 @@ class SiteLedger:
                 state.strikes,
                 new_cap,
                 credit,
-                state.crawl_delay,
                 now,
-            )
-
-    def set_crawl_delay(self, site: str, delay: float | None) -> None:
-        """Record the site's robots.txt Crawl-delay (None: it has none)."""
-        with self._transaction(write=True) as cursor:
-            now = self._now(cursor)
-            self._lock_states(cursor, [site], now)
-            cursor.execute(
-                f"UPDATE mmc4_site_state SET crawl_delay = {self._marker}, "
-                f"changed_at = {self._marker} WHERE site = {self._marker}",
-                [delay, now, site],
-            )
-
-    def rest(self, site: str, seconds: float) -> None:
-        """No run may start a request to ``site`` for ``seconds`` (Crawl-delay spacing)."""
-        with self._transaction(write=True) as cursor:
-            now = self._now(cursor)
-            self._lock_states(cursor, [site], now)
-            cursor.execute(
-                f"UPDATE mmc4_site_state SET paused_until = {self._marker}, "
-                f"changed_at = {self._marker} WHERE site = {self._marker} "
-                f"AND paused_until < {self._marker}",
-                [now + seconds, now, site, now + seconds],
             )
 
     def changed_since(self, since: float | None) -> tuple[list[SiteState], float]:
@@ -411,6 +363,9 @@ class SqliteLedger(SiteLedger):
             [(site, now) for site in sites],
         )  # BEGIN IMMEDIATE already holds the database's write lock
 
+    def _lock_sites(self, cursor, sites: list[str]) -> None:
+        pass  # BEGIN IMMEDIATE already holds the database's write lock
+
     def close(self) -> None:
         self._connection.close()
 
@@ -472,6 +427,17 @@ class PostgresLedger(SiteLedger):
             "SELECT site FROM mmc4_site_state WHERE site = ANY(%s) ORDER BY site FOR UPDATE",
             [sites],
         )
+
+    def _lock_sites(self, cursor, sites: list[str]) -> None:
+        # Advisory locks, taken in one order by every holder (no deadlock); a collision of two
+        # sites' hashes only makes them wait for each other.
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(key) FROM "
+            "(SELECT DISTINCT hashtext(site) AS key FROM unnest(%s::text[]) AS site) keys "
+            "ORDER BY key",
+            [sites],
+        )
+        cursor.fetchall()
 
     def close(self) -> None:
         if self._connection is not None:

@@ -207,6 +207,8 @@ class _Session:
         self.robots = RobotsBook(owner.robots_cache) if settings.respect_robots_txt else None
         self.robots_tasks: dict[str, asyncio.Task] = {}
         self.robots_throttles: Counter[str] = Counter()  # robots.txt answered 429/503
+        self.crawl_delays: dict[str, float] = {}  # origin -> its robots.txt's Crawl-delay for us
+        self.crawl_next: dict[str, float] = {}  # origin -> when its next request may start
         self.parked: dict[str, list[ImageJob]] = {}
         self.pause_ends: list[tuple[float, str]] = []
         self.in_flight: Counter[str] = Counter()  # requests per site, robots.txt included
@@ -278,7 +280,7 @@ class _Session:
                 self.owner.peak_held_bytes = self.meter.peak
                 self.owner.politeness["throttles"] += gate.throttles
                 self.owner.politeness["sites_paused"] += len(gate.paused_sites)
-                self.owner.politeness["sites_with_crawl_delay"] += len(gate.crawl_delays)
+                self.owner.politeness["origins_with_crawl_delay"] += len(self.crawl_delays)
                 if self.robots is not None:
                     self.owner.politeness["robots_txt_from_cache"] += self.robots.cache_hits
                     self.owner.robots_fetched.extend(self.robots.fetched)
@@ -330,22 +332,14 @@ class _Session:
             if end <= now:
                 continue
             heapq.heappush(self.pause_ends, (end, site))
-            # An image waits if it can start within its deadline (one not started yet: within
-            # total_deadline from now); under a Crawl-delay, one image per delay after the pause.
+            # An image waits if the pause ends within its deadline (one not started yet: within
+            # total_deadline from now).
             horizon = now + self.settings.total_deadline
-            delay = gate.crawl_delays.get(site, 0.0)
-            start = [end]
 
-            def can_wait(job: ImageJob, horizon=horizon, delay=delay, start=start) -> bool:
-                if start[0] >= (job.deadline if job.deadline is not None else horizon):
-                    return False
-                start[0] += delay
-                return True
+            def can_wait(job: ImageJob, end=end, horizon=horizon) -> bool:
+                return (job.deadline if job.deadline is not None else horizon) > end
 
-            if delay:
-                why = f"robots.txt asks {delay:g}s between requests: not fetched this run"
-            else:
-                why = f"site paused for {end - now:.0f}s after throttling: not fetched"
+            why = f"site paused for {end - now:.0f}s after throttling: not fetched"
             for job in queue.drain(site, can_wait):
                 self._end_paused(job, why)
             self.touched.add(site)
@@ -391,8 +385,6 @@ class _Session:
         for site in self.touched:
             if gate.in_play(site):
                 demand = queue.demand(site)
-                if demand == 0:
-                    gate.release_rest(site)
                 gate.want(site, demand)
         self.touched.clear()
 
@@ -454,7 +446,34 @@ class _Session:
                 self.touched.add(site)
                 self.owner._finish(job.position, store_outcome(job, refusal, self.owner.shard))
                 return
+            if job.origin in self.crawl_delays and not self._crawl_turn(job):
+                return
         self._launch(self._process(job), site)
+
+    def _crawl_turn(self, job: ImageJob) -> bool:
+        """Under its origin's Crawl-delay, may ``job`` start now? Each request of the origin is
+        given a turn, one per delay; a job whose turn is later waits for it (holding no
+        connection), or, when the turn is past its deadline (one not started yet: past
+        total_deadline from now), ends ``rate_limited`` for a later run."""
+        if job.turn is not None:  # it waited for its turn, which has come
+            job.turn = None
+            return True
+        now = self.loop.time()
+        delay = self.crawl_delays[job.origin]
+        turn = max(now, self.crawl_next.get(job.origin, now))
+        if turn <= now:
+            self.crawl_next[job.origin] = now + delay
+            return True
+        self.queue.release(job.site)
+        self.touched.add(job.site)
+        limit = job.deadline if job.deadline is not None else now + self.settings.total_deadline
+        if turn >= limit:
+            self._end_paused(job, f"robots.txt asks {delay:g}s between requests: not fetched")
+            return False
+        self.crawl_next[job.origin] = turn + delay
+        job.turn = turn
+        self.queue.requeue(job, turn)
+        return False
 
     def _launch(self, coroutine, site: str) -> asyncio.Task:
         self.fetching += 1
@@ -462,7 +481,6 @@ class _Session:
         peak = self.owner.peak_site_requests
         if self.in_flight[site] > peak.get(site, 0):
             peak[site] = self.in_flight[site]
-        self.gate.started(site)
         task = asyncio.create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self._done)
@@ -570,7 +588,7 @@ class _Session:
             if verdict.failure is not None:
                 self.owner.politeness["robots_txt_unavailable"] += 1
             elif verdict.crawl_delay:
-                self.gate.crawl_delay(site, verdict.crawl_delay)
+                self.crawl_delays[origin] = verdict.crawl_delay
         for job in self.parked.pop(origin, []):
             self.queue.unpark(job)
         self.touched.add(site)

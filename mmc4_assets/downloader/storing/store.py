@@ -41,6 +41,7 @@ class ImageJob:
     attempts: int = 0
     deadline: float | None = None  # loop clock, set at the first attempt
     not_before: float = 0.0  # loop clock: a requeued retry waits until then
+    turn: float | None = None  # loop clock: its turn under its origin's Crawl-delay
     last_result: FetchResult | None = None  # the failed try a requeued retry follows
 
 
