@@ -53,6 +53,7 @@ class SiteBroker:
         self._wanted: dict[str, int] = {}
         self._held: dict[str, int] = {}
         self._budget: dict[str, int] = {}  # configured budget per site, from the wants
+        self._sequence: dict[str, int] = {}  # the number of the latest want per site
         self._dirty: set[str] = set()  # wants changed since the last sync
         self._retry_at: dict[str, float] = {}  # sites short of what they want: ask again then
         self._credits: dict[str, list[int]] = {}  # site -> [successes, budget]
@@ -175,7 +176,7 @@ class SiteBroker:
         kind, site = message[0], message[1]
         if kind == "want":
             self._owner[site] = client
-            total, self._budget[site] = message[2], message[3]
+            total, self._budget[site], self._sequence[site] = message[2], message[3], message[4]
             if total:
                 self._wanted[site] = total
             else:
@@ -221,7 +222,8 @@ class SiteBroker:
                 self._retry_at.pop(site, None)
             client = self._owner.get(site)
             if client is not None:
-                answers.setdefault(client, []).append(("held", site, count, short))
+                sequence = self._sequence.get(site, 0)  # the want this answers
+                answers.setdefault(client, []).append(("held", site, count, short, sequence))
             state = states.get(site)
             if state is not None and (state.pause_left > 0 or state.cap is not None):
                 self._tell_state(state, answers)

@@ -36,6 +36,7 @@ class SiteGate:
         self.clock = clock
         self.held: dict[str, int] = {}
         self.wanted: dict[str, int] = {}
+        self._sequence: dict[str, int] = {}  # the number of the site's latest want
         self.starved: set[str] = set()  # wanted more than the broker could get
         self.paused_until: dict[str, float] = {}  # clock time; only future pauses matter
         self.budget_now: dict[str, int] = {}  # lowered budgets, Crawl-delay's 1
@@ -56,10 +57,14 @@ class SiteGate:
         return min(self.budgets(site), self.budget_now.get(site, 1 << 30))
 
     def limit(self, site: str, now: float) -> int:
-        """Requests this loop may have in flight to ``site`` now (0 while it is paused)."""
+        """Requests this loop may have in flight to ``site`` now (0 while it is paused).
+
+        Never more than it last asked for: what it gives back stops counting at once, before
+        the broker has handed it to other runs; what it asks for counts once granted.
+        """
         if self.paused_until.get(site, 0.0) > now:
             return 0
-        return min(self.held.get(site, 0), self.budget(site))
+        return min(self.held.get(site, 0), self.wanted.get(site, 0), self.budget(site))
 
     def pause_end(self, site: str) -> float:
         return self.paused_until.get(site, 0.0)
@@ -74,7 +79,8 @@ class SiteGate:
         else:
             self.wanted.pop(site, None)
             self.starved.discard(site)
-        self._outbox.append(("want", site, total, self.budgets(site)))
+        sequence = self._sequence[site] = self._sequence.get(site, 0) + 1
+        self._outbox.append(("want", site, total, self.budgets(site), sequence))
 
     def in_play(self, site: str) -> bool:
         return site in self.wanted
@@ -124,12 +130,14 @@ class SiteGate:
         return self._flushed_at + FLUSH_S
 
     def receive(self, messages: list[tuple]) -> None:
-        """Apply the broker's answers: ("held", site, n, short) and ("state", site, ...)."""
+        """Apply the broker's answers: ("held", site, n, short, want number) and ("state", ...)."""
         now = self.clock()
         for message in messages:
             kind, site = message[0], message[1]
             if kind == "held":
-                _, _, count, short = message
+                _, _, count, short, sequence = message
+                if sequence != self._sequence.get(site):
+                    continue  # the answer to an older want: what it held before the last one
                 if count:
                     self.held[site] = count
                 else:
