@@ -665,6 +665,7 @@ class _Server:
         # Requests in flight (request head received .. response sent), now and at most, by key.
         self.in_flight: Counter[str] = Counter()
         self.answering: dict = {}  # writer -> the in-flight keys of the request it answers
+        self.readers: dict = {}  # writer -> its connection's reader (to see the client leave)
         self.max_site: Counter[str] = Counter()
         self.max_host: Counter[str] = Counter()
         self.robots_requests: Counter[str] = Counter()
@@ -726,7 +727,17 @@ class _Server:
         else:
             raise OSError("no port free on every host address")
         await self._apply_mode()
+        self.sweeper = asyncio.ensure_future(self._sweep_left())
         return self.port
+
+    async def _sweep_left(self) -> None:
+        """Every few ms, stop counting requests whose client has closed its side (it read what
+        it wanted, or gave up): the per-site counts are the client's, not a response the server
+        is still writing to nobody."""
+        while not self.stopped.is_set():
+            await asyncio.sleep(0.003)
+            for writer in [w for w in self.answering if self._client_left(w)]:
+                self._answered(writer)
 
     async def _listen(self, host: Host, port: int) -> None:
         async def handle(reader, writer, host=host):
@@ -813,6 +824,7 @@ class _Server:
                 # A request stops counting once its last byte is handed to the socket (_paced),
                 # before the flow-control wait: the client may already be sending its next one.
                 self.answering[writer] = keys
+                self.readers[writer] = reader
                 try:
                     throttle = self.throttles.get(self.plan.site(host)) if self.faults else None
                     limited = (
@@ -834,6 +846,7 @@ class _Server:
                         )
                     await writer.drain()
                 finally:
+                    self.readers.pop(writer, None)
                     if self.answering.pop(writer, None) is not None:
                         self._leave(keys)
                 if not (keep and keep_alive):
@@ -849,6 +862,11 @@ class _Server:
                 writer.transport.abort()
             else:
                 writer.close()
+
+    def _client_left(self, writer) -> bool:
+        """The client closed its side (it read what it wanted, or gave up)."""
+        reader = self.readers.get(writer)
+        return reader is not None and reader.at_eof()
 
     def _answered(self, writer) -> None:
         keys = self.answering.pop(writer, None)
@@ -990,7 +1008,8 @@ class _Server:
         total = len(view) * repeat
         for _ in range(repeat):
             for offset in range(0, len(view), step):
-                if writer.is_closing():  # the client gave up (a byte cap, a timeout)
+                if writer.is_closing() or self._client_left(writer):  # a cap, a timeout
+                    self._answered(writer)  # no longer in flight for the client either
                     return
                 chunk = view[offset : offset + step]
                 writer.write(chunk)
