@@ -24,7 +24,7 @@ from .ledger import LedgerUnavailable, SiteLedger, SiteState
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1  # how often other runs' throttles are looked up: the bound on a pause's spread
-_TURN_S = 0.02  # at most this often a turn: what arrives meanwhile goes in one transaction
+_TURN_S = 0.05  # at most this often a turn: what arrives meanwhile goes in one transaction
 _RETRY_SHORT_S = 0.5  # a site whose budget other runs hold is asked again after this
 _CREDIT_S = 1.0  # successes at a lowered budget are reported this often
 _WARN_EVERY_S = 30.0
@@ -206,8 +206,18 @@ class SiteBroker:
             self._events.pop(0)
 
     def _sync(self, due: set[str], renew: bool, now: float, answers: dict) -> None:
-        wants = {site: (self._wanted.get(site, 0), self._budget.get(site, 1)) for site in due}
-        held, states = self._timed(self._ledger.sync, self.holder, wants, renew=renew)
+        # Giving back needs no look at other runs' leases; only growing (and a renewal, which
+        # shrinks to a budget lowered meanwhile) does.
+        fewer = {}
+        wants = {}
+        for site in due:
+            wanted = self._wanted.get(site, 0)
+            if wanted < self._held.get(site, 0) and not renew:
+                fewer[site] = wanted
+            elif wanted or site in self._held:
+                wants[site] = (wanted, self._budget.get(site, 1))
+        held, states = self._timed(self._ledger.sync, self.holder, wants, fewer=fewer, renew=renew)
+        held.update(fewer)
         self._dirty.difference_update(due)
         for site in due:
             count = held.get(site, 0)

@@ -20,6 +20,7 @@ clock, so machines need not agree.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -150,16 +151,28 @@ class SiteLedger:
         return {site: found.get(site) or SiteState(site, now=now) for site in sites}
 
     def sync(
-        self, holder: str, wants: Mapping[str, tuple[int, int]], *, renew: bool = False
+        self,
+        holder: str,
+        wants: Mapping[str, tuple[int, int]],
+        *,
+        fewer: Mapping[str, int] | None = None,
+        renew: bool = False,
     ) -> tuple[dict[str, int], dict[str, SiteState]]:
         """Set the holder's connections to each site (``wants``: site -> (wanted, configured
         budget)) to what it wants, within what the other holders' leases leave of the site's
-        budget now, and never more while the site is paused; with ``renew``, extend all its
-        leases. One transaction. Returns the connections held per site and the sites' states.
+        budget now, and never more while the site is paused; give back what ``fewer`` says
+        (site -> connections to keep, fewer than held: nothing to check); with ``renew``, extend
+        all its leases. One transaction. Returns the connections held per site (``wants``'s)
+        and the sites' states.
         """
         sites = sorted(wants)
         with self._transaction(write=True) as cursor:
             now = self._now(cursor)
+            self._give_back(cursor, holder, fewer or {})
+            if not sites:
+                if renew:
+                    self._renew(cursor, holder, now)
+                return {}, {}
             self._lock_sites(cursor, sites)
             found = self._states(cursor, sites, now)
             others: dict[str, int] = {}
@@ -206,12 +219,31 @@ class SiteLedger:
                     [holder, *part],
                 )
             if renew:
-                cursor.execute(
-                    f"UPDATE mmc4_site_leases SET expires_at = {self._marker} "
-                    f"WHERE holder = {self._marker}",
-                    [expires, holder],
-                )
+                self._renew(cursor, holder, now)
         return held, states
+
+    def _renew(self, cursor, holder: str, now: float) -> None:
+        cursor.execute(
+            f"UPDATE mmc4_site_leases SET expires_at = {self._marker} "
+            f"WHERE holder = {self._marker}",
+            [now + self.lease_seconds, holder],
+        )
+
+    def _give_back(self, cursor, holder: str, fewer: Mapping[str, int]) -> None:
+        keep = [(count, holder, site) for site, count in fewer.items() if count > 0]
+        if keep:
+            cursor.executemany(
+                f"UPDATE mmc4_site_leases SET connections = {self._marker} "
+                f"WHERE holder = {self._marker} AND site = {self._marker}",
+                keep,
+            )
+        gone = sorted(site for site, count in fewer.items() if count <= 0)
+        for part in _chunks(gone):
+            cursor.execute(
+                f"DELETE FROM mmc4_site_leases WHERE holder = {self._marker} "
+                f"AND site IN ({self._marks(len(part))})",
+                [holder, *part],
+            )
 
     def release_all(self, holder: str) -> None:
         with self._transaction(write=True) as cursor:
@@ -320,12 +352,19 @@ def _chunks(items: list, size: int = _BATCH) -> Iterator[list]:
 
 
 class SqliteLedger(SiteLedger):
-    """A SQLite file shared by the runs of one machine (WAL: readers never wait on writers)."""
+    """A SQLite file shared by the runs of one machine (WAL: readers never wait on writers).
+
+    Writers queue on an flock of a file beside it before they begin: SQLite's own busy handler
+    sleeps and polls (1, 2, 5, 10 ms and up), so under contention every run's grants would wait
+    for its naps; the kernel wakes the next writer the moment the lock is free.
+    """
 
     def __init__(self, path: str, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
+        self._queue = None
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._queue = open(f"{path}.writers", "a+b")  # noqa: SIM115 - held for the life
         self.path = path
         self._connection = sqlite3.connect(
             path, timeout=30.0, isolation_level=None, check_same_thread=False
@@ -333,14 +372,14 @@ class SqliteLedger(SiteLedger):
         self._lock = threading.Lock()
         if path != ":memory:":
             self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection.execute("PRAGMA synchronous=OFF")
         with self._transaction(write=True) as cursor:
             for statement in _SCHEMA:
                 cursor.execute(statement)
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
+        with self._lock, self._writers_queue(write):
             cursor = self._connection.cursor()
             cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
@@ -352,6 +391,17 @@ class SqliteLedger(SiteLedger):
                 cursor.execute("COMMIT")
             finally:
                 cursor.close()
+
+    @contextlib.contextmanager
+    def _writers_queue(self, write: bool) -> Iterator[None]:
+        if not write or self._queue is None:
+            yield
+            return
+        fcntl.flock(self._queue, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._queue, fcntl.LOCK_UN)
 
     def _now(self, cursor) -> float:
         return time.time()
@@ -368,6 +418,8 @@ class SqliteLedger(SiteLedger):
 
     def close(self) -> None:
         self._connection.close()
+        if self._queue is not None:
+            self._queue.close()
 
 
 class PostgresLedger(SiteLedger):

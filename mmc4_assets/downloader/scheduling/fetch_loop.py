@@ -206,7 +206,6 @@ class _Session:
         self.meter = ByteMeter()
         self.robots = RobotsBook(owner.robots_cache) if settings.respect_robots_txt else None
         self.robots_tasks: dict[str, asyncio.Task] = {}
-        self.robots_throttles: Counter[str] = Counter()  # robots.txt answered 429/503
         self.crawl_delays: dict[str, float] = {}  # origin -> its robots.txt's Crawl-delay for us
         self.crawl_next: dict[str, float] = {}  # origin -> when its next request may start
         self.parked: dict[str, list[ImageJob]] = {}
@@ -562,13 +561,13 @@ class _Session:
         deadline = loop.time() + settings.total_deadline
         attempt = 0
         try:
-            while True:  # retried like an image (in place: rare, and its images wait anyway)
+            while True:  # a failed connection is retried like an image's (in place: rare)
                 attempt += 1
                 started = loop.time()
                 result = await self.client.fetch_robots(robots_url(origin), deadline=deadline)
-                self._heard_from(host, site, result, started)
-                if result.http_status in THROTTLE_STATUSES:
-                    break  # the site is paused: its images wait or end, robots.txt with them
+                self._heard_from(host, site, result, started)  # a 429/503 pauses the site
+                if result.http_status is not None:
+                    break  # an answer, even 5xx or 429, is the verdict for this run (RFC 9309)
                 answered = self.breaker.answered(host)
                 wait = retry_delay(settings, result, attempt, deadline - loop.time(), answered)
                 if wait is None or self.breaker.open_reason(host) is not None:
@@ -580,15 +579,11 @@ class _Session:
                 self._free(site)
             self.robots_tasks.pop(origin, None)
         self.owner.politeness["robots_txt_fetched"] += 1
-        throttled = result.http_status in THROTTLE_STATUSES
-        if throttled and self.robots_throttles[origin] + 1 < settings.max_attempts:
-            self.robots_throttles[origin] += 1  # no verdict: asked again after the pause
-        else:
-            verdict = self.robots.record(origin, result)
-            if verdict.failure is not None:
-                self.owner.politeness["robots_txt_unavailable"] += 1
-            elif verdict.crawl_delay:
-                self.crawl_delays[origin] = verdict.crawl_delay
+        verdict = self.robots.record(origin, result)
+        if verdict.failure is not None:
+            self.owner.politeness["robots_txt_unavailable"] += 1
+        elif verdict.crawl_delay:
+            self.crawl_delays[origin] = verdict.crawl_delay
         for job in self.parked.pop(origin, []):
             self.queue.unpark(job)
         self.touched.add(site)
