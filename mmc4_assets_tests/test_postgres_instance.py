@@ -97,8 +97,8 @@ def test_every_asset_materializes_for_a_shard(postgres_instance, postgres_home, 
         )
         assert cursor.fetchone()[0] == 4
         # The site ledger lives in the instance's database too, shared by every machine's runs;
-        # the run gave its slots back when it ended.
-        cursor.execute("SELECT count(*) FROM mmc4_site_slots")
+        # the run gave its leases back when it ended.
+        cursor.execute("SELECT count(*) FROM mmc4_site_leases")
         assert cursor.fetchone()[0] == 0
     connection.close()
     assert latest_metadata(postgres_instance, "downloaded_images")["ledger_transactions"] > 0
