@@ -74,9 +74,14 @@ class SiteGate:
         total = max(0, min(total, self.budget(site)))
         if self.wanted.get(site, 0) == total:
             return
+        if total < self.held.get(site, 0):
+            # What it gives back is no longer its own from now on: the ledger may hand it to
+            # another run before the broker answers a later want for more.
+            self.held[site] = total
         if total:
             self.wanted[site] = total
         else:
+            self.held.pop(site, None)
             self.wanted.pop(site, None)
             self.starved.discard(site)
         sequence = self._sequence[site] = self._sequence.get(site, 0) + 1

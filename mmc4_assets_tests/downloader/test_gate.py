@@ -1,0 +1,50 @@
+"""The fetch loop's view of a site's budget: never more than the ledger may have left it."""
+
+from __future__ import annotations
+
+from mmc4_assets.downloader.politeness.gate import SiteGate
+from mmc4_assets.downloader.politeness.sites import SiteBudgets
+
+
+def _gate() -> tuple[SiteGate, list[tuple]]:
+    sent: list[tuple] = []
+    gate = SiteGate(sent.extend, SiteBudgets(8), backoff_base=0.5, clock=lambda: 100.0)
+    return gate, sent
+
+
+def _answer(gate: SiteGate, sent: list[tuple], count: int, want_index: int) -> None:
+    """The broker's answer to the ``want_index``-th want sent."""
+    wants = [message for message in sent if message[0] == "want"]
+    _, site, _, _, sequence = wants[want_index]
+    gate.receive([("held", site, count, False, sequence)])
+
+
+def test_what_a_loop_gives_back_stops_counting_until_the_broker_grants_it_again():
+    gate, sent = _gate()
+    gate.want("wp.com", 8)
+    gate.flush(force=True)
+    _answer(gate, sent, 8, 0)
+    assert gate.limit("wp.com", 100.0) == 8
+    # Fewer images left: the loop gives two connections back (the ledger may hand them to
+    # another run at once) ...
+    gate.want("wp.com", 6)
+    assert gate.limit("wp.com", 100.0) == 6
+    # ... then a retry wants them again: until the broker answers this want, the loop may not
+    # count on the old grant of 8.
+    gate.want("wp.com", 8)
+    gate.flush(force=True)
+    assert gate.limit("wp.com", 100.0) == 6
+    _answer(gate, sent, 6, 1)  # the answer to the give-back: an older want, ignored
+    assert gate.limit("wp.com", 100.0) == 6
+    _answer(gate, sent, 7, 2)  # another run kept one of the two
+    assert gate.limit("wp.com", 100.0) == 7
+
+
+def test_giving_everything_back_leaves_nothing_to_use():
+    gate, sent = _gate()
+    gate.want("wp.com", 4)
+    gate.flush(force=True)
+    _answer(gate, sent, 4, 0)
+    gate.want("wp.com", 0)
+    gate.want("wp.com", 4)
+    assert gate.limit("wp.com", 100.0) == 0
