@@ -668,6 +668,8 @@ class _Server:
         self.readers: dict = {}  # writer -> its connection's reader (to see the client leave)
         self.max_site: Counter[str] = Counter()
         self.max_host: Counter[str] = Counter()
+        self.requested: dict = {}  # writer -> (path, when its head came) of the request it answers
+        self.peak_site_requests: dict[str, list] = {}  # site -> its requests when at its most
         self.robots_requests: Counter[str] = Counter()
         self.disallowed_requests: Counter[str] = Counter()
         self.throttles = {
@@ -787,6 +789,10 @@ class _Server:
             "connections": len(self.connections),
             "max_in_flight_site": dict(self.max_site),
             "max_in_flight_host": dict(self.max_host),
+            "peak_site_requests": {
+                site: self.peak_site_requests.get(site)
+                for site, _ in Counter(self.max_site).most_common(5)
+            },
             "robots_requests": dict(self.robots_requests),
             "disallowed_requests": dict(self.disallowed_requests),
             "throttle": {site: dict(t.counts) for site, t in self.throttles.items()},
@@ -820,10 +826,11 @@ class _Server:
                 key = (host.index, path)
                 self.counts[key] += 1
                 keys = ("s:" + self.plan.site(host), "h:" + self.plan.authority(host))
-                self._enter(keys)
                 # A request stops counting once its last byte is handed to the socket (_paced),
                 # before the flow-control wait: the client may already be sending its next one.
                 self.answering[writer] = keys
+                self.requested[writer] = (path, time.monotonic())
+                self._enter(keys)
                 self.readers[writer] = reader
                 try:
                     throttle = self.throttles.get(self.plan.site(host)) if self.faults else None
@@ -847,6 +854,7 @@ class _Server:
                     await writer.drain()
                 finally:
                     self.readers.pop(writer, None)
+                    self.requested.pop(writer, None)
                     if self.answering.pop(writer, None) is not None:
                         self._leave(keys)
                 if not (keep and keep_alive):
@@ -870,6 +878,7 @@ class _Server:
 
     def _answered(self, writer) -> None:
         keys = self.answering.pop(writer, None)
+        self.requested.pop(writer, None)
         if keys is not None:
             self._leave(keys)
 
@@ -877,7 +886,14 @@ class _Server:
         site, host = keys
         for key in keys:
             self.in_flight[key] += 1
-        self.max_site[site[2:]] = max(self.max_site[site[2:]], self.in_flight[site])
+        if self.in_flight[site] > self.max_site[site[2:]]:
+            self.max_site[site[2:]] = self.in_flight[site]
+            now = time.monotonic()
+            self.peak_site_requests[site[2:]] = sorted(  # which requests, and since when
+                (round(now - self.requested[w][1], 3), self.requested[w][0])
+                for w, k in self.answering.items()
+                if k[0] == site and w in self.requested
+            )
         self.max_host[host[2:]] = max(self.max_host[host[2:]], self.in_flight[host])
 
     def _leave(self, keys: tuple[str, str]) -> None:

@@ -101,3 +101,19 @@ def test_successes_earn_a_lowered_budget_back(ledger_url):
     assert ledger.credit("s.org", 1, budget=8).cap == 5  # one more per `cap` successes
     assert ledger.credit("s.org", 5 + 6 + 7, budget=8).cap is None  # back to the full budget
     ledger.close()
+
+
+def test_the_ledger_does_not_wait_for_durable_commits(ledger_url):
+    """Runs commit often and a crash loses nothing that matters (leases expire): neither
+    SQLite nor Postgres is asked to flush to disk at every commit."""
+    ledger = SiteLedger.open(ledger_url)
+    try:
+        with ledger._transaction(write=False) as cursor:
+            if ledger._marker == "%s":
+                cursor.execute("SHOW synchronous_commit")
+                assert cursor.fetchone()[0] == "off"
+            else:
+                cursor.execute("PRAGMA synchronous")
+                assert cursor.fetchone()[0] == 0  # OFF
+    finally:
+        ledger.close()

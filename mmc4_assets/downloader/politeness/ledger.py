@@ -444,8 +444,13 @@ class PostgresLedger(SiteLedger):
     def _connect(self):
         if self._connection is None or self._connection.closed:
             try:
+                # No wait for the WAL's flush at commit: a coordination table needs no
+                # durability (after a crash, leases expire), and each run commits often.
                 self._connection = self._psycopg2.connect(
-                    self._dsn, connect_timeout=10, application_name=f"mmc4-sites-{os.getpid()}"
+                    self._dsn,
+                    connect_timeout=10,
+                    application_name=f"mmc4-sites-{os.getpid()}",
+                    options="-c synchronous_commit=off",
                 )
             except self._psycopg2.OperationalError as error:
                 raise LedgerUnavailable(str(error).strip()) from None
