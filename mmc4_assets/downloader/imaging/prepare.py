@@ -16,8 +16,9 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile
+from PIL import ImageFile
 
+from .pil import Image
 from .sniff import sniff_mimetype
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
