@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DAGSTER_HOME := $(CURDIR)
 export DAGSTER_HOME
 
-.PHONY: env libmagic postgresql test demo ui lint bench clean
+.PHONY: FORCE env libmagic pillow-simd-deps postgresql test test-pillow demo ui lint bench clean
 
 env: $(VENV)/.installed
 
@@ -29,15 +29,55 @@ postgresql:
 	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	     else echo "PostgreSQL is missing: install it (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew install postgresql)"; exit 1; fi; }
 
-$(VENV)/.installed: pyproject.toml | libmagic
+# The image library is Pillow-SIMD (the `simd` extra: the same `PIL` API, SSE4/AVX2 resampling),
+# built from source against Debian's libjpeg-turbo, zlib, libwebp, libtiff and openjpeg headers;
+# install them where we can (Debian, as root), else say how. AVIF comes from pillow-avif-plugin.
+pillow-simd-deps:
+	@{ echo '#include <jpeglib.h>'; echo '#include <zlib.h>'; echo '#include <webp/encode.h>'; \
+	   echo '#include <tiffio.h>'; echo '#include <openjpeg.h>'; } \
+	   | cc -E $$(pkg-config --cflags-only-I libopenjp2 2>/dev/null) -x c - >/dev/null 2>&1 \
+	|| { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	       echo "installing the headers Pillow-SIMD builds against"; \
+	       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev libopenjp2-7-dev >/dev/null; \
+	     else echo "Pillow-SIMD needs a C compiler and these headers: install them (Debian/Ubuntu: sudo apt-get install gcc libjpeg62-turbo-dev zlib1g-dev libwebp-dev libtiff-dev libopenjp2-7-dev; macOS: brew install jpeg-turbo webp libtiff openjpeg), or build with plain Pillow: make env PIL=pillow"; exit 1; fi; }
+
+# PIL=pillow-simd (default) or PIL=pillow: the `simd` or `pillow` extra, an explicit choice
+# recorded in .venv/pil-flavour, which the tests check (test_pil.py). Pillow-SIMD uses AVX2 where
+# the building CPU has it.
+PIL ?= pillow-simd
+ifeq ($(filter pillow pillow-simd,$(PIL)),)
+$(error PIL must be pillow-simd or pillow, not $(PIL))
+endif
+PIL_EXTRA := $(if $(filter pillow,$(PIL)),pillow,simd)
+SIMD_CC := cc$(if $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo y), -mavx2)
+# Plain Pillow, the fallback: installed aside (never imported unless put first on PYTHONPATH),
+# the same release Pillow-SIMD is built from, for `make test-pillow` and the suite's fallback test.
+PILLOW_FALLBACK := Pillow==12.1.1
+PILLOW_FALLBACK_DIR := $(VENV)/pillow-fallback
+
+# Rewritten only when PIL changes, so that a change reinstalls.
+$(VENV)/pil-flavour: FORCE
+	@mkdir -p $(VENV) && [ "$$(cat $@ 2>/dev/null)" = "$(PIL)" ] || echo $(PIL) > $@
+FORCE:
+
+$(VENV)/.installed: pyproject.toml $(VENV)/pil-flavour | libmagic $(if $(filter simd,$(PIL_EXTRA)),pillow-simd-deps)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@# Both distributions install the `PIL` package: never leave the other one underneath.
+	$(BIN)/pip uninstall -q -y $(if $(filter simd,$(PIL_EXTRA)),pillow,pillow-simd) 2>/dev/null || true
 	@# setuptools warns on every editable install of a flat layout; nothing here to act on.
-	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install -q -e '.[dev]'
+	CC='$(SIMD_CC)' PYTHONWARNINGS='ignore:Editable installation' \
+	  $(BIN)/pip install -q -e '.[dev,$(PIL_EXTRA)]'
+	$(BIN)/pip install -q --no-deps --upgrade --target $(PILLOW_FALLBACK_DIR) '$(PILLOW_FALLBACK)'
 	touch $@
 
 test: env postgresql
 	$(BIN)/python -m pytest -q
+
+# The imaging tests under plain Pillow (the fallback), first on the path ahead of the venv's PIL.
+IMAGING_TESTS := mmc4_assets_tests/downloader/test_prepare.py mmc4_assets_tests/downloader/test_pil.py
+test-pillow: env
+	PYTHONPATH=$(PILLOW_FALLBACK_DIR) MMC4_EXPECT_PIL=pillow $(BIN)/python -m pytest -q -n 0 $(IMAGING_TESTS)
 
 demo: env
 	$(BIN)/python -m mmc4_assets.demo.run

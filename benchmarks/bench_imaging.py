@@ -1,25 +1,37 @@
-"""CPU per image of the image work alone: our prepare_image vs img2dataset's Resizer.
+"""CPU per image of the image work alone, and the quality of its output: ours vs img2dataset.
 
 Why: on the realistic web both downloaders are CPU-bound, so their rates are bounded by what
 checking, shrinking and re-encoding one image costs. This measures that cost by itself, on the
 benchmark web's own image pool (each image once per round, uniform weights), single-threaded,
-user + system CPU, side by side in one run. Its inverse is a ceiling on images per CPU second
-that no scheduling can pass.
+CPU time of the process (user + system, ``time.process_time``) per image, side by side in one
+run, per input format. Its inverse is a ceiling on images per CPU second that no scheduling can
+pass. A cheaper resize must not be a worse one, so each output is also compared, after decoding,
+with a Lanczos resize of the same original (fully decoded by PIL, alpha over white as img2dataset
+composites it) to the output's own size: PSNR over RGB and SSIM on luma (Gaussian 11x11, sigma
+1.5, as Wang et al.). An image within 800 px that a tool keeps is compared with the original.
 
-    .venv/bin/python benchmarks/bench_imaging.py [--rounds 10]
+    .venv/bin/python benchmarks/bench_imaging.py [--rounds 10] [--pool-size 48]
 
 img2dataset's Resizer runs with the options bench_download.py gives img2dataset: 800 px on the
-longest side, only if bigger (OpenCV decode, INTER_AREA resize, JPEG quality 95 re-encode).
+longest side, only if bigger (OpenCV decode, INTER_AREA resize, JPEG quality 95 re-encode of
+every image, kept ones too).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT / ".bench" / "realweb-pool"
@@ -30,47 +42,71 @@ from bench_download import IMG2DATASET_BIN, MAX_SIDE, _ensure_img2dataset  # noq
 
 IMG2DATASET_PYTHON = IMG2DATASET_BIN.with_name("python")
 
-# Runs in img2dataset's own environment; prints one JSON line.
+# Runs in img2dataset's own environment; writes each output once, prints one JSON line.
 _IMG2DATASET_TIMER = r"""
-import io, json, os, sys
+import io, json, os, sys, time
 from img2dataset.resizer import Resizer
-paths, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
+paths, rounds, out = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[4]
 resize = Resizer(image_size=int(sys.argv[3]), resize_mode="keep_ratio_largest",
                  resize_only_if_bigger=True)
 bodies = [open(p, "rb").read() for p in paths]
-for body in bodies:
-    resize(io.BytesIO(body))
-start = os.times()
-failed = 0
+failed = []
+for i, body in enumerate(bodies):
+    img_str, *_, err = resize(io.BytesIO(body))
+    if err is None:
+        with open(os.path.join(out, f"{i}.jpg"), "wb") as f:
+            f.write(img_str)
+    failed.append(err is not None)
+cpu = [0.0] * len(bodies)
+clock = time.process_time
 for _ in range(rounds):
-    for body in bodies:
-        failed += resize(io.BytesIO(body))[-1] is not None
-end = os.times()
-print(json.dumps({"cpu_s": end.user - start.user + end.system - start.system,
-                  "images": rounds * len(bodies), "failed": failed}))
+    for i, body in enumerate(bodies):
+        start = clock()
+        resize(io.BytesIO(body))
+        cpu[i] += clock() - start
+print(json.dumps({"cpu_s": [c / rounds for c in cpu], "failed": failed}))
 """
 
 
-def time_ours(paths: list[Path], rounds: int) -> dict:
-    from mmc4_assets.downloader.imaging.prepare import prepare_image
+def fmt_of(path: Path) -> str:
+    return {"jpg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF"}.get(
+        path.suffix[1:], path.suffix[1:].upper()
+    )
+
+
+def time_prepare(
+    bodies: list[bytes], rounds: int, prepare: Callable[[bytes], bytes | None]
+) -> tuple[list[float], list[bytes | None]]:
+    """CPU seconds per image (mean over rounds) and each image's output (None: rejected)."""
+    outputs = [prepare(body) for body in bodies]  # warm up, and what each one gives
+    cpu = [0.0] * len(bodies)
+    clock = time.process_time
+    for _ in range(rounds):
+        for i, body in enumerate(bodies):
+            start = clock()
+            prepare(body)
+            cpu[i] += clock() - start
+    return [c / rounds for c in cpu], outputs
+
+
+def ours_prepare() -> Callable[[bytes], bytes | None]:
+    from mmc4_assets.downloader.imaging.prepare import ImageRejected, prepare_image
     from mmc4_assets.downloader.scheduling.fetch_loop import tune_memory
 
     tune_memory()  # as in a fetch process
-    bodies = [path.read_bytes() for path in paths]
-    for body in bodies:
-        prepare_image(body, max_side=MAX_SIDE)
-    start = os.times()
-    for _ in range(rounds):
-        for body in bodies:
-            prepare_image(body, max_side=MAX_SIDE)
-    end = os.times()
-    cpu = end.user - start.user + end.system - start.system
-    return {"cpu_s": cpu, "images": rounds * len(bodies), "failed": 0}
+
+    def prepare(body: bytes) -> bytes | None:
+        try:
+            return prepare_image(body, max_side=MAX_SIDE).data
+        except ImageRejected:
+            return None
+
+    return prepare
 
 
-def time_img2dataset(paths: list[Path], rounds: int) -> dict:
+def time_img2dataset(paths: list[Path], rounds: int, out: Path) -> dict:
     _ensure_img2dataset()
-    out = subprocess.run(
+    result = subprocess.run(
         [
             str(IMG2DATASET_PYTHON),
             "-c",
@@ -78,31 +114,204 @@ def time_img2dataset(paths: list[Path], rounds: int) -> dict:
             json.dumps([str(p) for p in paths]),
             str(rounds),
             str(MAX_SIDE),
+            str(out),
         ],
         capture_output=True,
         text=True,
         check=True,
         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def decoded(data: bytes):
+    """The image fully decoded (accurate IDCT, no draft), RGB, alpha composited over white."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            image = image.convert("RGBA")
+            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, image).convert("RGB")
+        return image.convert("RGB")
+
+
+def reference(original, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if original.size == size:
+        return np.asarray(original)
+    return np.asarray(original.resize(size, Image.Resampling.LANCZOS))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _gaussian_blur(x: np.ndarray, sigma: float = 1.5, taps: int = 11) -> np.ndarray:
+    """Separable Gaussian, 'valid' borders (as Wang et al.'s reference implementation)."""
+    k = np.exp(-0.5 * ((np.arange(taps) - taps // 2) / sigma) ** 2)
+    k /= k.sum()
+    h = sum(k[i] * x[i : x.shape[0] - taps + 1 + i] for i in range(taps))
+    return sum(k[i] * h[:, i : h.shape[1] - taps + 1 + i] for i in range(taps))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of the luma (BT.601) of two RGB images of one size."""
+    weights = np.array([0.299, 0.587, 0.114])
+    x, y = a.astype(np.float64) @ weights, b.astype(np.float64) @ weights
+    if min(x.shape) < 11:
+        return 1.0 if np.array_equal(a, b) else float("nan")
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _gaussian_blur(x), _gaussian_blur(y)
+    sxx = _gaussian_blur(x * x) - mx * mx
+    syy = _gaussian_blur(y * y) - my * my
+    sxy = _gaussian_blur(x * y) - mx * my
+    num = (2 * mx * my + c1) * (2 * sxy + c2)
+    den = (mx * mx + my * my + c1) * (sxx + syy + c2)
+    return float(np.mean(num / den))
+
+
+def quality(body: bytes, output: bytes | None) -> dict | None:
+    """Size and PSNR/SSIM of ``output`` against the Lanczos reference of ``body``."""
+    if output is None:
+        return None
+    original, out = decoded(body), decoded(output)
+    ref = reference(original, out.size)
+    pixels = np.asarray(out)
+    return {
+        "size": out.size,
+        "resized": out.size != original.size,
+        "psnr": psnr(pixels, ref),
+        "ssim": ssim(pixels, ref),
+    }
+
+
+def expected_size(width: int, height: int) -> tuple[int, int]:
+    from mmc4_assets.downloader.imaging.prepare import target_size
+
+    return target_size(width, height, MAX_SIDE)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summarize(paths, bodies, cpu, outputs) -> dict:
+    """Per format: images, CPU ms per image, and the quality of resized and of kept outputs."""
+    rows: dict[str, dict] = {}
+    for path, body, seconds, output in zip(paths, bodies, cpu, outputs, strict=True):
+        q = quality(body, output)
+        if q is not None:
+            q["big"] = max(decoded(body).size) > MAX_SIDE
+        for key in (fmt_of(path), "all"):
+            row = rows.setdefault(key, {"n": 0, "ms": 0.0, "failed": 0, "q": []})
+            row["n"] += 1
+            row["ms"] += 1000 * seconds
+            row["failed"] += output is None
+            if q is not None:
+                row["q"].append(q)
+    for row in rows.values():
+        row["ms"] /= row["n"]
+    return rows
+
+
+def mean_of(qs: list[dict], key: str) -> str:
+    values = [q[key] for q in qs]
+    if not values:
+        return "-"
+    if all(math.isinf(v) for v in values):
+        return "identical"
+    finite = [v for v in values if not math.isinf(v)]
+    note = f" ({len(values) - len(finite)} identical)" if len(finite) < len(values) else ""
+    return f"{sum(finite) / len(finite):.{2 if key == 'psnr' else 4}f}{note}"
+
+
+def report(results: dict[str, dict], flavour: str) -> None:
+    ours, peer = results["ours"], results["img2dataset"]
+    print(f"\nours: {flavour}; quality against a Lanczos resize of the same original")
+    print(
+        "\n| format | images (> 800 px) | ours ms CPU | img2dataset ms CPU | img2dataset / ours "
+        "| PSNR dB ours / img2dataset, shrunk | SSIM ours / img2dataset, shrunk "
+        "| PSNR dB ours / img2dataset, kept (<= 800 px) | failed ours / img2dataset |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key in sorted(ours, key=lambda k: (k == "all", k)):
+        o, p = ours[key], peer[key]
+        big = sum(q["big"] for q in o["q"])
+        shrunk_o = [q for q in o["q"] if q["big"]]
+        shrunk_p = [q for q in p["q"] if q["big"]]
+        kept_o = [q for q in o["q"] if not q["big"]]
+        kept_p = [q for q in p["q"] if not q["big"]]
+        print(
+            f"| {key} | {o['n']} ({big}) | {o['ms']:.2f} | {p['ms']:.2f} "
+            f"| {p['ms'] / o['ms']:.2f}x "
+            f"| {mean_of(shrunk_o, 'psnr')} / {mean_of(shrunk_p, 'psnr')} "
+            f"| {mean_of(shrunk_o, 'ssim')} / {mean_of(shrunk_p, 'ssim')} "
+            f"| {mean_of(kept_o, 'psnr')} / {mean_of(kept_p, 'psnr')} "
+            f"| {o['failed']} / {p['failed']} |"
+        )
+    a, b = ours["all"]["ms"], peer["all"]["ms"]
+    print(
+        f"\nall: ours {a:.2f} ms, img2dataset {b:.2f} ms of CPU per image "
+        f"(ceilings {1000 / a:.0f} and {1000 / b:.0f} images per CPU second); "
+        f"img2dataset's CPU per image / ours: {b / a:.2f}x"
+    )
+
+
+def check_sizes(paths, bodies, outputs) -> int:
+    """Our outputs: 800 px max side, aspect kept, never enlarged, small originals kept."""
+    from PIL import Image
+
+    wrong = 0
+    for path, body, output in zip(paths, bodies, outputs, strict=True):
+        with Image.open(io.BytesIO(body)) as original:
+            size = original.size
+        if output is None:
+            print(f"{path.name} rejected")
+            wrong += 1
+            continue
+        with Image.open(io.BytesIO(output)) as out:
+            ok = out.size == expected_size(*size)
+        if max(size) <= MAX_SIDE:
+            ok = ok and output == body
+        if not ok:
+            wrong += 1
+            print(f"wrong output for {path.name}: {size}")
+    return wrong
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--pool-size", type=int, default=48, help="the benchmark web's: 48")
     args = parser.parse_args()
     from mmc4_assets.devtools.real_web import RealWebConfig, write_pool
+    from mmc4_assets.downloader.imaging.pil import flavour
 
-    paths = write_pool(RealWebConfig(), POOL)
+    paths = write_pool(RealWebConfig(pool_size=args.pool_size), POOL)
+    bodies = [path.read_bytes() for path in paths]
     print(f"{len(paths)} pool images in {POOL}, {args.rounds} rounds each")
-    results = {"ours": time_ours(paths, args.rounds)}
-    results["img2dataset"] = time_img2dataset(paths, args.rounds)
-    print("\n| | CPU ms per image | images per CPU s (ceiling) | failed |\n|---|---|---|---|")
-    for name, r in results.items():
-        ms = 1000 * r["cpu_s"] / r["images"]
-        print(f"| {name} | {ms:.2f} | {1000 / ms:.0f} | {r['failed']} |")
-    ours, peer = (results[k]["cpu_s"] / results[k]["images"] for k in ("ours", "img2dataset"))
-    print(f"\nimg2dataset's CPU per image / ours: {peer / ours:.2f}x")
+    cpu, outputs = time_prepare(bodies, args.rounds, ours_prepare())
+    if check_sizes(paths, bodies, outputs):
+        sys.exit("our outputs are not the sizes they should be")
+    with tempfile.TemporaryDirectory() as out:
+        peer = time_img2dataset(paths, args.rounds, Path(out))
+        peer_outputs = [
+            None if failed else (Path(out) / f"{i}.jpg").read_bytes()
+            for i, failed in enumerate(peer["failed"])
+        ]
+    results = {
+        "ours": summarize(paths, bodies, cpu, outputs),
+        "img2dataset": summarize(paths, bodies, peer["cpu_s"], peer_outputs),
+    }
+    report(results, flavour())
 
 
 if __name__ == "__main__":

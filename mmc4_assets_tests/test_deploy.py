@@ -152,12 +152,17 @@ def test_the_image_installs_what_the_makefile_installs(dockerfile):
     assert apt_packages(makefile_recipe("libmagic")) == {"libmagic1"}
     # The same steps as the Makefile's venv: `python -m venv`, upgrade pip, install the project.
     assert "-m venv" in runs and "pip install -q --upgrade pip" in runs
-    installed = re.search(r"pip install -q '\.\[(\w+)\]'", runs)
+    installed = re.search(r"pip install -q '\.\[([\w,]+)\]'", runs)
     assert installed, runs
     extras = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert any(dependency.startswith("dagster-k8s") for dependency in extras[installed[1]])
+    chosen = [dependency for extra in installed[1].split(",") for dependency in extras[extra]]
+    assert any(dependency.startswith("dagster-k8s") for dependency in chosen)
+    # The image library the Makefile installs: Pillow-SIMD, built against the same headers.
+    assert any(dependency.startswith("pillow-simd==") for dependency in chosen)
+    assert apt_packages(makefile_recipe("pillow-simd-deps")) <= apt_packages(runs)
+    assert "libjpeg62-turbo-dev" in apt_packages(makefile_recipe("pillow-simd-deps"))
 
 
 def test_the_image_has_what_pip_needs_and_runs_as_a_user(dockerfile):

@@ -4,9 +4,9 @@ Order matters for cost and safety: sniff the bytes (HTML error pages are common)
 header to learn the pixel count (a bomb is refused before any decoding), then decode once:
 images already within ``max_side`` are decoded only to prove they are whole and keep their
 original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft
-with the fast IDCT), resized like ``mogrify -resize "800x800>"`` (bilinear) and saved in their
-own format (JPEG quality 90 with its EXIF and ICC profile, PNG, GIF, WebP; other formats become
-PNG under the given name). An animation over the limit keeps only its first frame.
+with the accurate IDCT), resized like ``mogrify -resize "800x800>"`` (Lanczos) and saved in
+their own format (JPEG quality 95 with its EXIF and ICC profile, PNG, GIF, WebP; other formats
+become PNG under the given name). An animation over the limit keeps only its first frame.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import threading
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageFile
+from PIL import ImageFile
 
+from .pil import Image
 from .sniff import sniff_mimetype
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -104,16 +105,16 @@ def _prepare_opened(image, data, mimetype, max_side, max_pixels) -> PreparedImag
         return PreparedImage(data, mimetype, width, height, width, height, False)
     fmt = image.format or ""
     if fmt == "JPEG":
+        # Decoded at the smallest scale (1/2, 1/4, 1/8) still at least the target size, with
+        # libjpeg's accurate IDCT and smooth chroma upsampling: the fast ones cost 0.5 dB.
         image.draft(image.mode, new_size)
-        # libjpeg's fast integer IDCT and plain chroma upsampling: a fifth less decoding time,
-        # and no visible difference once the image is shrunk.
-        image.decoderconfig = (image.decoderconfig[0], 1)
     _decode(image, mimetype, 0 if fmt == "JPEG" else width * height)
     out_format = fmt if fmt in _SAVE_AS_SELF else "PNG"
     info = image.info
-    # Bilinear is Pillow's antialiased triangle filter when shrinking: a third cheaper than
-    # bicubic, and after the JPEG draft the remaining factor is below two.
-    resized = image.resize(new_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    # Lanczos, as cheap as bilinear with Pillow-SIMD and 0.5 dB closer to the image: after the
+    # JPEG draft the remaining factor is below two; other formats are first reduced by box
+    # averaging to within twice the target (reducing_gap).
+    resized = image.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=2.0)
     encoded = _encode(resized, out_format, info)
     return PreparedImage(
         encoded, _MIME_OF[out_format], new_size[0], new_size[1], width, height, True
@@ -144,7 +145,8 @@ def _encode(image: Image.Image, out_format: str, info: dict) -> bytes:
     if out_format == "JPEG":
         if image.mode not in ("L", "RGB", "CMYK"):
             image = image.convert("RGB")
-        options.update(quality=90, optimize=False)
+        # Quality 95, as img2dataset's: at 90 the re-encoding alone costs 1.5 dB of PSNR.
+        options.update(quality=95, optimize=False)
         if info.get("exif"):
             options["exif"] = info["exif"]  # keeps the Orientation tag meaningful
     elif out_format == "PNG":

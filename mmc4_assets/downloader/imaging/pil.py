@@ -1,0 +1,59 @@
+"""The image library: Pillow-SIMD or plain Pillow, whichever ``PIL`` is installed.
+
+Both are the ``PIL`` package with one API; the code never depends on the fork. Pillow-SIMD (what
+``make env`` and the Dockerfile install: the ``simd`` extra) resamples with SSE4/AVX2; plain
+Pillow (the ``pillow`` extra) is the fallback, with the same outcomes. Pillow-SIMD built against
+Debian's libraries has no AVIF decoder: importing this module registers pillow-avif-plugin's then,
+so AVIF images open either way. Import ``Image`` from here, not from ``PIL``, where images are
+opened.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import PIL
+from PIL import Image, features
+
+__all__ = ["Image", "avif_support", "flavour"]
+
+
+def _has_avif() -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # releases without the feature warn that it is unknown
+        try:
+            return bool(features.check("avif"))
+        except ValueError:
+            return False
+
+
+_AVIF_FROM = "PIL" if _has_avif() else None
+if _AVIF_FROM is None:
+    try:
+        import pillow_avif  # noqa: F401 - registers the AVIF plugin with PIL.Image
+
+        _AVIF_FROM = "pillow-avif-plugin"
+    except ImportError:  # the fallback without the plugin: AVIF bodies are then `not_image`
+        pass
+
+# Keep a few freed pixel blocks for the next image instead of giving every one back: a fetch
+# process's 64 KB mmap threshold (fetch_loop.tune_memory) otherwise maps, faults in and zeroes
+# each image's buffers anew (a third of the CPU of shrinking a big JPEG went to the kernel). At
+# most _BLOCKS_KEPT blocks of Pillow's block size (16 MB) each; one image needs about three.
+_BLOCKS_KEPT = 3
+if Image.core.get_blocks_max() < _BLOCKS_KEPT:
+    Image.core.set_blocks_max(_BLOCKS_KEPT)
+
+
+def flavour() -> str:
+    """``"pillow-simd"`` or ``"pillow"``: the distribution of the ``PIL`` actually imported.
+
+    Pillow-SIMD's versions are Pillow's with a ``.postN`` suffix (``12.1.1.post0``).
+    """
+    return "pillow-simd" if re.search(r"\.post\d+$", PIL.__version__) else "pillow"
+
+
+def avif_support() -> str | None:
+    """Where AVIF decoding comes from: ``"PIL"``, ``"pillow-avif-plugin"``, or None."""
+    return _AVIF_FROM
