@@ -584,6 +584,7 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
                     "max_in_flight_any_host",
                     "disallowed_requests",
                     "throttle",
+                    "peak_site_requests",  # the busiest sites' requests (age s, path) at peak
                 )
             }
             result["web"]["robots_requests"] = sum(after["robots_requests"].values())

@@ -1228,6 +1228,7 @@ class RealWeb:
             "robots_requests",
             "disallowed_requests",
             "throttle",
+            "peak_site_requests",
         ):
             merged[key] = {k: v for r in replies for k, v in r[key].items()}  # disjoint sites
         site_max = merged["max_in_flight_site"]

@@ -103,6 +103,26 @@ def test_successes_earn_a_lowered_budget_back(ledger_url):
     ledger.close()
 
 
+def test_successes_after_a_pause_end_the_escalation_not_the_budget_cut(ledger_url):
+    """A site that throttles again and again without answering in between is paused longer each
+    time; one that answered in between (a one-off 503 among many images) is paused for the base
+    time again, though its budget is still halved."""
+    ledger = SiteLedger.open(ledger_url)
+    base = {"retry_after": None, "started_ago": 0.0, "backoff_base": 0.2, "pause_cap": 3600.0}
+    ledger.throttle("s.org", budget=8, **base)
+    time.sleep(0.25)
+    second = ledger.throttle("s.org", budget=8, **base)
+    assert second.strikes == 2 and 0.3 < second.pause_left <= 0.401 and second.cap == 4
+    time.sleep(second.pause_left + 0.05)
+    third = ledger.throttle("s.org", budget=8, **base)  # nothing answered in between
+    assert third.strikes == 3 and 0.7 < third.pause_left <= 0.801 and third.cap == 2
+    time.sleep(third.pause_left + 0.05)
+    assert ledger.credit("s.org", 1, budget=8).strikes == 0  # it answered after the pause
+    fourth = ledger.throttle("s.org", budget=8, **base)
+    assert fourth.strikes == 1 and 0.1 < fourth.pause_left <= 0.201 and fourth.cap == 1
+    ledger.close()
+
+
 def test_the_ledger_does_not_wait_for_durable_commits(ledger_url):
     """Runs commit often and a crash loses nothing that matters (leases expire): neither
     SQLite nor Postgres is asked to flush to disk at every commit."""

@@ -305,7 +305,12 @@ class SiteLedger:
             return SiteState(site, paused_until, throttled_at, strikes, cap, credit, now)
 
     def credit(self, site: str, successes: int, budget: int) -> SiteState:
-        """Successes at a lowered budget: it grows by one for every ``cap`` of them."""
+        """Successes at a lowered budget: it grows by one for every ``cap`` of them.
+
+        Successes after the pause also end the escalation of pauses: the site answers again, so
+        its next throttle (a one-off 503 among many images) pauses it for the base time, not
+        twice the last; coming within REPEAT_WINDOW_S, it still halves the budget.
+        """
         with self._transaction(write=True) as cursor:
             now = self._now(cursor)
             self._lock_states(cursor, [site], now)
@@ -317,16 +322,18 @@ class SiteLedger:
                 credit -= cap
                 cap += 1
             new_cap = None if cap >= budget else cap
+            strikes = 0 if successes > 0 and state.pause_left <= 0 else state.strikes
             cursor.execute(
                 f"UPDATE mmc4_site_state SET cap = {self._marker}, credit = {self._marker}, "
-                f"changed_at = {self._marker} WHERE site = {self._marker}",
-                [new_cap, 0 if new_cap is None else credit, now, site],
+                f"strikes = {self._marker}, changed_at = {self._marker} "
+                f"WHERE site = {self._marker}",
+                [new_cap, 0 if new_cap is None else credit, strikes, now, site],
             )
             return SiteState(
                 site,
                 state.paused_until,
                 state.throttled_at,
-                state.strikes,
+                strikes,
                 new_cap,
                 credit,
                 now,
