@@ -599,6 +599,10 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
             if "ok_urls" in result:  # a peer that does not read robots.txt
                 urls = result.pop("ok_urls")
                 result["ok_robots_allowed"] = sum(url not in closed for url in urls)
+                # Among the URLs a client obeying robots.txt (RFC 9309: a 5xx robots.txt closes
+                # its origin for now) can get: the comparable count.
+                can_get = {e["url"] for e in entries if e["expect"] == "ok"}
+                result["ok_where_ours_can"] = sum(url in can_get for url in urls)
             results[name] = (len(entries), result)
             print(f"  {name}: {result['wall_s']:.1f} s", flush=True)
     report_real(results, config, summary, settings)
@@ -644,7 +648,9 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
             f"ours / img2dataset: {rate['ours'] / rate['img2dataset']:.2f}x images/s, "
             f"ok {ok['ours']:,} vs {ok['img2dataset']:,}, of which "
             f"{i2d.get('ok_robots_allowed', ok['img2dataset']):,} on URLs robots.txt leaves "
-            "open to mmc4-assets (img2dataset does not read robots.txt)"
+            "open to mmc4-assets (img2dataset does not read robots.txt) and "
+            f"{i2d.get('ok_where_ours_can', ok['img2dataset']):,} where the web expects ok for "
+            "a client that obeys it (a 5xx robots.txt closes its origin for now)"
         )
     if "ours" in rate and FAST in rate:
         print(f"ours / ours without latency: {rate['ours'] / rate[FAST]:.0%} (goal >= 85%)")

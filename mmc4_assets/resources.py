@@ -81,7 +81,7 @@ class ImageDownloader(dg.ConfigurableResource):
     site_lease_seconds: float = Field(
         default=_DEFAULTS.site_lease_seconds,
         gt=0,
-        description="How long a dead run's site slots stay taken before they come back.",
+        description="How long a dead run's site leases keep counting before they come back.",
     )
     connect_timeout: float = Field(
         default=_DEFAULTS.connect_timeout, description="Seconds to establish a connection."

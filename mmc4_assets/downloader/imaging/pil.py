@@ -37,14 +37,6 @@ if _AVIF_FROM is None:
     except ImportError:  # the fallback without the plugin: AVIF bodies are then `not_image`
         pass
 
-# Keep a few freed pixel blocks for the next image instead of giving every one back: a fetch
-# process's 64 KB mmap threshold (fetch_loop.tune_memory) otherwise maps, faults in and zeroes
-# each image's buffers anew (a third of the CPU of shrinking a big JPEG went to the kernel). At
-# most _BLOCKS_KEPT blocks of Pillow's block size (16 MB) each; one image needs about three.
-_BLOCKS_KEPT = 3
-if Image.core.get_blocks_max() < _BLOCKS_KEPT:
-    Image.core.set_blocks_max(_BLOCKS_KEPT)
-
 
 def flavour() -> str:
     """``"pillow-simd"`` or ``"pillow"``: the distribution of the ``PIL`` actually imported.
