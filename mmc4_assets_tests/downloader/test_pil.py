@@ -238,3 +238,23 @@ def test_the_imaging_tests_pass_on_plain_pillow():
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+def test_avif_decoding_is_loaded_when_an_avif_body_arrives(tmp_path):
+    """Not at import (its libraries cost every fetch process RSS): a fresh interpreter prepares
+    an AVIF body without being told to load anything first."""
+    assert avif_support() in ("PIL", "pillow-avif-plugin")
+    body = tmp_path / "big.avif"
+    picture = Image.linear_gradient("L").resize((1600, 1200)).convert("RGB")
+    picture.save(body, "AVIF", quality=80)
+    script = (
+        "import sys; from pathlib import Path;"
+        "from mmc4_assets.downloader.imaging.prepare import prepare_image;"
+        "before = 'pillow_avif' in sys.modules;"
+        f"prepared = prepare_image(Path({str(body)!r}).read_bytes());"
+        "print(before, prepared.width, prepared.height)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.split() == ["False", "800", "600"]

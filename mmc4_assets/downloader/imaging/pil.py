@@ -3,7 +3,7 @@
 Both are the ``PIL`` package with one API; the code never depends on the fork. Pillow-SIMD (what
 ``make env`` and the Dockerfile install: the ``simd`` extra) resamples with SSE4/AVX2; plain
 Pillow (the ``pillow`` extra) is the fallback, with the same outcomes. Pillow-SIMD built against
-Debian's libraries has no AVIF decoder: importing this module registers pillow-avif-plugin's then,
+Debian's libraries has no AVIF decoder: ``avif_support`` registers pillow-avif-plugin's then,
 so AVIF images open either way. Import ``Image`` from here, not from ``PIL``, where images are
 opened.
 """
@@ -28,14 +28,27 @@ def _has_avif() -> bool:
             return False
 
 
-_AVIF_FROM = "PIL" if _has_avif() else None
-if _AVIF_FROM is None:
-    try:
-        import pillow_avif  # noqa: F401 - registers the AVIF plugin with PIL.Image
+_avif_from: str | None | bool = False  # False: not looked at yet
 
-        _AVIF_FROM = "pillow-avif-plugin"
-    except ImportError:  # the fallback without the plugin: AVIF bodies are then `not_image`
-        pass
+
+def avif_support() -> str | None:
+    """Where AVIF decoding comes from: ``"PIL"``, ``"pillow-avif-plugin"``, or None.
+
+    The plugin is registered the first time this is asked, when an ISO media body (``ftyp``)
+    arrives, not at import: its libraries cost every fetch process ~2 MB of RSS, and AVIF
+    bodies are rare.
+    """
+    global _avif_from
+    if _avif_from is False:
+        _avif_from = "PIL" if _has_avif() else None
+        if _avif_from is None:
+            try:
+                import pillow_avif  # noqa: F401 - registers the AVIF plugin with PIL.Image
+
+                _avif_from = "pillow-avif-plugin"
+            except ImportError:  # the fallback without the plugin: AVIF bodies are not_image
+                pass
+    return _avif_from
 
 
 def flavour() -> str:
@@ -44,8 +57,3 @@ def flavour() -> str:
     Pillow-SIMD's versions are Pillow's with a ``.postN`` suffix (``12.1.1.post0``).
     """
     return "pillow-simd" if re.search(r"\.post\d+$", PIL.__version__) else "pillow"
-
-
-def avif_support() -> str | None:
-    """Where AVIF decoding comes from: ``"PIL"``, ``"pillow-avif-plugin"``, or None."""
-    return _AVIF_FROM

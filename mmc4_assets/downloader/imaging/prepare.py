@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from PIL import ImageFile
 
-from .pil import Image
+from .pil import Image, avif_support
 from .sniff import sniff_mimetype
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -72,6 +72,8 @@ def prepare_image(
     if mimetype.startswith("text/") or mimetype in ("application/xhtml+xml", "application/json"):
         raise ImageRejected("not_image", f"body is {mimetype}", mimetype)
     looks_like_image = mimetype.startswith("image/")
+    if data[4:8] == b"ftyp":  # ISO media (AVIF, HEIF): AVIF's decoder is loaded on demand
+        avif_support()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
