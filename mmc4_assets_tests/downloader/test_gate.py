@@ -12,11 +12,13 @@ def _gate() -> tuple[SiteGate, list[tuple]]:
     return gate, sent
 
 
-def _answer(gate: SiteGate, sent: list[tuple], count: int, want_index: int) -> None:
+def _answer(
+    gate: SiteGate, sent: list[tuple], count: int, want_index: int, share: int | None = None
+) -> None:
     """The broker's answer to the ``want_index``-th want sent."""
     wants = [message for message in sent if message[0] == "want"]
     _, site, _, _, sequence = wants[want_index]
-    gate.receive([("held", site, count, False, sequence)])
+    gate.receive([("held", site, count, False, sequence, share)])
 
 
 def test_what_a_loop_gives_back_stops_counting_until_the_broker_grants_it_again():
@@ -48,3 +50,22 @@ def test_giving_everything_back_leaves_nothing_to_use():
     gate.want("wp.com", 0)
     gate.want("wp.com", 4)
     assert gate.limit("wp.com", 100.0) == 0
+
+
+def test_while_other_runs_wait_a_loop_comes_down_to_its_share_as_requests_end():
+    gate, sent = _gate()
+    gate.want("wp.com", 8)
+    gate.flush(force=True)
+    _answer(gate, sent, 8, 0)
+    _answer(gate, sent, 8, 0, share=2)  # a renewal: two other runs wait for wp.com
+    assert "wp.com" in gate.changed
+    gate.want("wp.com", 30, in_use=8)  # eight requests still in flight: nothing given back
+    assert gate.limit("wp.com", 100.0) == 8
+    gate.want("wp.com", 30, in_use=5)  # three ended: three go back, not more
+    assert gate.limit("wp.com", 100.0) == 5 and gate.wanted["wp.com"] == 5
+    gate.want("wp.com", 30, in_use=1)
+    assert gate.limit("wp.com", 100.0) == 2  # its share, never below
+    gate.flush(force=True)
+    _answer(gate, sent, 2, 2, share=None)  # nobody waits any more: it may ask for more again
+    gate.want("wp.com", 30, in_use=2)
+    assert gate.wanted["wp.com"] == 8

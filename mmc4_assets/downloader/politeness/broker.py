@@ -216,7 +216,9 @@ class SiteBroker:
                 fewer[site] = wanted
             elif wanted or site in self._held:
                 wants[site] = (wanted, self._budget.get(site, 1))
-        held, states = self._timed(self._ledger.sync, self.holder, wants, fewer=fewer, renew=renew)
+        held, states, shares = self._timed(
+            self._ledger.sync, self.holder, wants, fewer=fewer, renew=renew
+        )
         held.update(fewer)
         self._dirty.difference_update(due)
         for site in due:
@@ -233,7 +235,8 @@ class SiteBroker:
             client = self._owner.get(site)
             if client is not None:
                 sequence = self._sequence.get(site, 0)  # the want this answers
-                answers.setdefault(client, []).append(("held", site, count, short, sequence))
+                share = shares.get(site)  # others wait: come down to this as requests end
+                answers.setdefault(client, []).append(("held", site, count, short, sequence, share))
             state = states.get(site)
             if state is not None and (state.pause_left > 0 or state.cap is not None):
                 self._tell_state(state, answers)

@@ -40,6 +40,7 @@ class SiteGate:
         self.starved: set[str] = set()  # wanted more than the broker could get
         self.paused_until: dict[str, float] = {}  # clock time; only future pauses matter
         self.budget_now: dict[str, int] = {}  # lowered budgets, Crawl-delay's 1
+        self.share: dict[str, int] = {}  # fair shares of sites other runs wait for
         self._capped: set[str] = set()  # sites whose budget was lowered: successes count
         self._successes: dict[str, int] = {}
         self._outbox: list[tuple] = []
@@ -69,9 +70,14 @@ class SiteGate:
     def pause_end(self, site: str) -> float:
         return self.paused_until.get(site, 0.0)
 
-    def want(self, site: str, total: int) -> None:
-        """Hold ``total`` connections of ``site`` (0: give them all back)."""
+    def want(self, site: str, total: int, in_use: int = 0) -> None:
+        """Hold ``total`` connections of ``site`` (0: give them all back); while other runs
+        wait for the site, no more than its fair share, coming down one by one as the
+        ``in_use`` requests end."""
         total = max(0, min(total, self.budget(site)))
+        share = self.share.get(site)
+        if share is not None:
+            total = min(total, max(share, in_use))
         if self.wanted.get(site, 0) == total:
             return
         if total < self.held.get(site, 0):
@@ -135,12 +141,19 @@ class SiteGate:
         return self._flushed_at + FLUSH_S
 
     def receive(self, messages: list[tuple]) -> None:
-        """Apply the broker's answers: ("held", site, n, short, want number) and ("state", ...)."""
+        """Apply the broker's answers: ("held", site, n, short, want number, fair share or
+        None) and ("state", ...)."""
         now = self.clock()
         for message in messages:
             kind, site = message[0], message[1]
             if kind == "held":
-                _, _, count, short, sequence = message
+                _, _, count, short, sequence, share = message
+                if share != self.share.get(site):
+                    if share is None:
+                        self.share.pop(site, None)
+                    else:
+                        self.share[site] = share
+                    self.changed.add(site)  # the loop's want follows it
                 if sequence != self._sequence.get(site):
                     continue  # the answer to an older want: what it held before the last one
                 if count:

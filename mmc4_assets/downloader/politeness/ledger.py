@@ -39,6 +39,7 @@ _SCHEMA = (
         holder TEXT NOT NULL,
         site TEXT NOT NULL,
         connections INTEGER NOT NULL,
+        wanted INTEGER NOT NULL DEFAULT 0,
         expires_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (holder, site))""",
     "CREATE INDEX IF NOT EXISTS mmc4_site_leases_site ON mmc4_site_leases (site)",
@@ -157,13 +158,18 @@ class SiteLedger:
         *,
         fewer: Mapping[str, int] | None = None,
         renew: bool = False,
-    ) -> tuple[dict[str, int], dict[str, SiteState]]:
+    ) -> tuple[dict[str, int], dict[str, SiteState], dict[str, int]]:
         """Set the holder's connections to each site (``wants``: site -> (wanted, configured
         budget)) to what it wants, within what the other holders' leases leave of the site's
         budget now, and never more while the site is paused; give back what ``fewer`` says
         (site -> connections to keep, fewer than held: nothing to check); with ``renew``, extend
-        all its leases. One transaction. Returns the connections held per site (``wants``'s)
-        and the sites' states.
+        all its leases. One transaction. Returns the connections held per site (``wants``'s),
+        the sites' states, and the fair shares of sites other holders wait for.
+
+        A holder that wants more than it got keeps a row (at 0 connections if need be), so the
+        others see it waiting: while one waits, no holder grows past a fair share (the budget
+        over the holders that want the site), and each is told that share, to come down to as
+        its requests end (the ledger never takes back connections in use).
         """
         sites = sorted(wants)
         with self._transaction(write=True) as cursor:
@@ -172,44 +178,56 @@ class SiteLedger:
             if not sites:
                 if renew:
                     self._renew(cursor, holder, now)
-                return {}, {}
+                return {}, {}, {}
             self._lock_sites(cursor, sites)
             found = self._states(cursor, sites, now)
             others: dict[str, int] = {}
             mine: dict[str, int] = {}
+            contenders: dict[str, int] = {}  # other holders that want the site
+            waiting: dict[str, int] = {}  # other holders that want more than they hold
             for part in _chunks(sites):
                 cursor.execute(
-                    "SELECT site, holder, connections FROM mmc4_site_leases "
+                    "SELECT site, holder, connections, wanted FROM mmc4_site_leases "
                     f"WHERE site IN ({self._marks(len(part))}) "
                     f"AND (expires_at > {self._marker} OR holder = {self._marker})",
                     [*part, now, holder],
                 )
-                for site, owner, connections in cursor.fetchall():
+                for site, owner, connections, wanted in cursor.fetchall():
                     if owner == holder:
                         mine[site] = int(connections)
                     else:
                         others[site] = others.get(site, 0) + int(connections)
+                        if wanted > 0:
+                            contenders[site] = contenders.get(site, 0) + 1
+                        if wanted > connections:
+                            waiting[site] = waiting.get(site, 0) + 1
             held: dict[str, int] = {}
             states: dict[str, SiteState] = {}
+            shares: dict[str, int] = {}
             rows, gone = [], []
             expires = now + self.lease_seconds
             for site in sites:
                 wanted, budget = wants[site]
                 state = states[site] = found.get(site) or SiteState(site, now=now)
-                target = min(wanted, max(0, state.budget(budget) - others.get(site, 0)))
+                limit = state.budget(budget)
+                target = min(wanted, max(0, limit - others.get(site, 0)))
+                if waiting.get(site):  # another holder waits: no growth past a fair share
+                    share = shares[site] = max(1, limit // (contenders.get(site, 0) + 1))
+                    target = min(target, max(share, mine.get(site, 0)))
                 if state.pause_left > 0:
                     target = min(target, mine.get(site, 0))  # no more while paused
                 held[site] = target
-                if target > 0:
-                    rows.append((holder, site, target, expires))
+                if wanted > 0:  # at 0 connections too: the others see it waiting
+                    rows.append((holder, site, target, wanted, expires))
                 elif site in mine:
                     gone.append(site)
             for part in _chunks(rows):
-                values = ", ".join(f"({self._marks(4)})" for _ in part)
+                values = ", ".join(f"({self._marks(5)})" for _ in part)
                 cursor.execute(
-                    "INSERT INTO mmc4_site_leases (holder, site, connections, expires_at) "
+                    "INSERT INTO mmc4_site_leases (holder, site, connections, wanted, expires_at) "
                     f"VALUES {values} ON CONFLICT (holder, site) DO UPDATE SET "
-                    "connections = excluded.connections, expires_at = excluded.expires_at",
+                    "connections = excluded.connections, wanted = excluded.wanted, "
+                    "expires_at = excluded.expires_at",
                     [value for row in part for value in row],
                 )
             for part in _chunks(gone):
@@ -220,7 +238,7 @@ class SiteLedger:
                 )
             if renew:
                 self._renew(cursor, holder, now)
-        return held, states
+        return held, states, shares
 
     def _renew(self, cursor, holder: str, now: float) -> None:
         cursor.execute(
@@ -233,9 +251,9 @@ class SiteLedger:
         keep = [(count, holder, site) for site, count in fewer.items() if count > 0]
         if keep:
             cursor.executemany(
-                f"UPDATE mmc4_site_leases SET connections = {self._marker} "
-                f"WHERE holder = {self._marker} AND site = {self._marker}",
-                keep,
+                f"UPDATE mmc4_site_leases SET connections = {self._marker}, "
+                f"wanted = {self._marker} WHERE holder = {self._marker} AND site = {self._marker}",
+                [(count, count, who, site) for count, who, site in keep],
             )
         gone = sorted(site for site, count in fewer.items() if count <= 0)
         for part in _chunks(gone):

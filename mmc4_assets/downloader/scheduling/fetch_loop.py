@@ -325,6 +325,7 @@ class _Session:
         if not gate.changed:
             return
         changed, gate.changed = gate.changed, set()
+        self.touched.update(changed)  # a fair share may lower what it wants
         for site in changed:
             queue.refresh(site)
             end = gate.pause_end(site)
@@ -384,7 +385,7 @@ class _Session:
         for site in self.touched:
             if gate.in_play(site):
                 demand = queue.demand(site)
-                gate.want(site, demand)
+                gate.want(site, demand, queue.active(site))
         self.touched.clear()
 
     def _free(self, site: str) -> None:
