@@ -105,6 +105,8 @@ def test_avif_images_prepare():
 def bodies() -> dict[str, bytes]:
     """Bodies of every kind prepare_image meets, made once by the library under test."""
 
+    avif_support()  # the AVIF encoder too is registered on demand
+
     def encode(image, fmt, **options) -> bytes:
         buffer = io.BytesIO()
         image.save(buffer, fmt, **options)
