@@ -21,11 +21,17 @@ def _answer(
     gate.receive([("held", site, count, False, sequence, share)])
 
 
-def test_what_a_loop_gives_back_stops_counting_until_the_broker_grants_it_again():
+def _granted(count: int) -> tuple[SiteGate, list[tuple]]:
+    """A gate that asked for ``count`` connections of wp.com and got them."""
     gate, sent = _gate()
-    gate.want("wp.com", 8)
+    gate.want("wp.com", count)
     gate.flush(force=True)
-    _answer(gate, sent, 8, 0)
+    _answer(gate, sent, count, 0)
+    return gate, sent
+
+
+def test_what_a_loop_gives_back_stops_counting_until_the_broker_grants_it_again():
+    gate, sent = _granted(8)
     assert gate.limit("wp.com", 100.0) == 8
     # Fewer images left: the loop gives two connections back (the ledger may hand them to
     # another run at once) ...
@@ -43,20 +49,14 @@ def test_what_a_loop_gives_back_stops_counting_until_the_broker_grants_it_again(
 
 
 def test_giving_everything_back_leaves_nothing_to_use():
-    gate, sent = _gate()
-    gate.want("wp.com", 4)
-    gate.flush(force=True)
-    _answer(gate, sent, 4, 0)
+    gate, sent = _granted(4)
     gate.want("wp.com", 0)
     gate.want("wp.com", 4)
     assert gate.limit("wp.com", 100.0) == 0
 
 
 def test_while_other_runs_wait_a_loop_comes_down_to_its_share_as_requests_end():
-    gate, sent = _gate()
-    gate.want("wp.com", 8)
-    gate.flush(force=True)
-    _answer(gate, sent, 8, 0)
+    gate, sent = _granted(8)
     _answer(gate, sent, 8, 0, share=2)  # a renewal: two other runs wait for wp.com
     assert "wp.com" in gate.changed
     gate.want("wp.com", 30, in_use=8)  # eight requests still in flight: nothing given back
