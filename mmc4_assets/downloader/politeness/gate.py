@@ -39,7 +39,7 @@ class SiteGate:
         self._sequence: dict[str, int] = {}  # the number of the site's latest want
         self.starved: set[str] = set()  # wanted more than the broker could get
         self.paused_until: dict[str, float] = {}  # clock time; only future pauses matter
-        self.budget_now: dict[str, int] = {}  # lowered budgets, Crawl-delay's 1
+        self.budget_now: dict[str, int] = {}  # budgets lowered after repeated throttling
         self.share: dict[str, int] = {}  # fair shares of sites other runs wait for
         self._capped: set[str] = set()  # sites whose budget was lowered: successes count
         self._successes: dict[str, int] = {}

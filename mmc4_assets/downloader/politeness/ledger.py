@@ -230,12 +230,7 @@ class SiteLedger:
                     "expires_at = excluded.expires_at",
                     [value for row in part for value in row],
                 )
-            for part in _chunks(gone):
-                cursor.execute(
-                    f"DELETE FROM mmc4_site_leases WHERE holder = {self._marker} "
-                    f"AND site IN ({self._marks(len(part))})",
-                    [holder, *part],
-                )
+            self._drop(cursor, holder, gone)
             if renew:
                 self._renew(cursor, holder, now)
         return held, states, shares
@@ -255,8 +250,11 @@ class SiteLedger:
                 f"wanted = {self._marker} WHERE holder = {self._marker} AND site = {self._marker}",
                 [(count, count, who, site) for count, who, site in keep],
             )
-        gone = sorted(site for site, count in fewer.items() if count <= 0)
-        for part in _chunks(gone):
+        self._drop(cursor, holder, sorted(site for site, count in fewer.items() if count <= 0))
+
+    def _drop(self, cursor, holder: str, sites: list[str]) -> None:
+        """The holder's leases of ``sites`` end."""
+        for part in _chunks(sites):
             cursor.execute(
                 f"DELETE FROM mmc4_site_leases WHERE holder = {self._marker} "
                 f"AND site IN ({self._marks(len(part))})",

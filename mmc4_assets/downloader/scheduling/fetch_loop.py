@@ -318,31 +318,31 @@ class _Session:
         return None
 
     def _apply_site_changes(self, now: float) -> None:
-        """Sites whose slots or pause changed: requeue them, end what cannot wait a pause."""
+        """Sites whose connections, share or pause changed: requeue them, recompute what they
+        want, end what cannot wait a pause."""
         gate, queue = self.gate, self.queue
         while self.pause_ends and self.pause_ends[0][0] <= now:
             gate.changed.add(heapq.heappop(self.pause_ends)[1])
         if not gate.changed:
             return
         changed, gate.changed = gate.changed, set()
-        self.touched.update(changed)  # a fair share may lower what it wants
+        self.touched.update(changed)
+        # An image waits if the pause ends within its deadline (one not started yet: within
+        # total_deadline from now).
+        horizon = now + self.settings.total_deadline
         for site in changed:
             queue.refresh(site)
             end = gate.pause_end(site)
             if end <= now:
                 continue
             heapq.heappush(self.pause_ends, (end, site))
-            # An image waits if the pause ends within its deadline (one not started yet: within
-            # total_deadline from now).
-            horizon = now + self.settings.total_deadline
 
-            def can_wait(job: ImageJob, end=end, horizon=horizon) -> bool:
+            def can_wait(job: ImageJob, end=end) -> bool:
                 return (job.deadline if job.deadline is not None else horizon) > end
 
             why = f"site paused for {end - now:.0f}s after throttling: not fetched"
             for job in queue.drain(site, can_wait):
                 self._end_paused(job, why)
-            self.touched.add(site)
 
     def _end_paused(self, job: ImageJob, why: str) -> None:
         if job.last_result is not None:  # its last try's outcome stands (a 503 stays a 503)
