@@ -664,11 +664,11 @@ class _Server:
     def _new_counters(self) -> None:
         # Requests in flight (request head received .. response sent), now and at most, by key.
         self.in_flight: Counter[str] = Counter()
-        self.answering: dict = {}  # writer -> the in-flight keys of the request it answers
-        self.readers: dict = {}  # writer -> its connection's reader (to see the client leave)
+        # writer -> the request it answers: (in-flight keys, its connection's reader (to see
+        # the client leave), path, when its head came)
+        self.answering: dict = {}
         self.max_site: Counter[str] = Counter()
         self.max_host: Counter[str] = Counter()
-        self.requested: dict = {}  # writer -> (path, when its head came) of the request it answers
         self.peak_site_requests: dict[str, list] = {}  # site -> its requests when at its most
         self.robots_requests: Counter[str] = Counter()
         self.disallowed_requests: Counter[str] = Counter()
@@ -828,10 +828,8 @@ class _Server:
                 keys = ("s:" + self.plan.site(host), "h:" + self.plan.authority(host))
                 # A request stops counting once its last byte is handed to the socket (_paced),
                 # before the flow-control wait: the client may already be sending its next one.
-                self.answering[writer] = keys
-                self.requested[writer] = (path, time.monotonic())
+                self.answering[writer] = (keys, reader, path, time.monotonic())
                 self._enter(keys)
-                self.readers[writer] = reader
                 try:
                     throttle = self.throttles.get(self.plan.site(host)) if self.faults else None
                     limited = (
@@ -853,10 +851,7 @@ class _Server:
                         )
                     await writer.drain()
                 finally:
-                    self.readers.pop(writer, None)
-                    self.requested.pop(writer, None)
-                    if self.answering.pop(writer, None) is not None:
-                        self._leave(keys)
+                    self._answered(writer)
                 if not (keep and keep_alive):
                     return
         except (OSError, RuntimeError):  # the client hung up (uvloop: RuntimeError on write)
@@ -873,14 +868,13 @@ class _Server:
 
     def _client_left(self, writer) -> bool:
         """The client closed its side (it read what it wanted, or gave up)."""
-        reader = self.readers.get(writer)
-        return reader is not None and reader.at_eof()
+        request = self.answering.get(writer)
+        return request is not None and request[1].at_eof()
 
     def _answered(self, writer) -> None:
-        keys = self.answering.pop(writer, None)
-        self.requested.pop(writer, None)
-        if keys is not None:
-            self._leave(keys)
+        request = self.answering.pop(writer, None)
+        if request is not None:
+            self._leave(request[0])
 
     def _enter(self, keys: tuple[str, str]) -> None:
         site, host = keys
@@ -890,9 +884,9 @@ class _Server:
             self.max_site[site[2:]] = self.in_flight[site]
             now = time.monotonic()
             self.peak_site_requests[site[2:]] = sorted(  # which requests, and since when
-                (round(now - self.requested[w][1], 3), self.requested[w][0])
-                for w, k in self.answering.items()
-                if k[0] == site and w in self.requested
+                (round(now - since, 3), path)
+                for (keys, _, path, since) in self.answering.values()
+                if keys[0] == site
             )
         self.max_host[host[2:]] = max(self.max_host[host[2:]], self.in_flight[host])
 
