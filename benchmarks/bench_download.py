@@ -310,10 +310,10 @@ def run_img2dataset(
     stats = [json.loads(p.read_text()) for p in out.glob("*_stats.json")]
     result["ok"] = sum(s.get("successes", 0) for s in stats)
     # Which URLs it got, to count its successes among those robots.txt leaves open to us.
+    import pyarrow.parquet as pq
+
     result["ok_urls"] = []
     for table in out.glob("*.parquet"):
-        import pyarrow.parquet as pq
-
         rows = pq.read_table(table, columns=["url", "status"]).to_pylist()
         result["ok_urls"] += [row["url"] for row in rows if row["status"] == "success"]
     return result

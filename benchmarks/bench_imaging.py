@@ -179,37 +179,31 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(num / den))
 
 
-def quality(body: bytes, output: bytes | None) -> dict | None:
-    """Size and PSNR/SSIM of ``output`` against the Lanczos reference of ``body``."""
+def quality(original, output: bytes | None) -> dict | None:
+    """Size and PSNR/SSIM of ``output`` against the Lanczos reference of its ``original``
+    (decoded)."""
     if output is None:
         return None
-    original, out = decoded(body), decoded(output)
+    out = decoded(output)
     ref = reference(original, out.size)
     pixels = np.asarray(out)
     return {
         "size": out.size,
         "resized": out.size != original.size,
+        "big": max(original.size) > MAX_SIDE,
         "psnr": psnr(pixels, ref),
         "ssim": ssim(pixels, ref),
     }
 
 
-def expected_size(width: int, height: int) -> tuple[int, int]:
-    from mmc4_assets.downloader.imaging.prepare import target_size
-
-    return target_size(width, height, MAX_SIDE)
-
-
 # --------------------------------------------------------------------------- report
 
 
-def summarize(paths, bodies, cpu, outputs) -> dict:
+def summarize(paths, originals, cpu, outputs) -> dict:
     """Per format: images, CPU ms per image, and the quality of resized and of kept outputs."""
     rows: dict[str, dict] = {}
-    for path, body, seconds, output in zip(paths, bodies, cpu, outputs, strict=True):
-        q = quality(body, output)
-        if q is not None:
-            q["big"] = max(decoded(body).size) > MAX_SIDE
+    for path, original, seconds, output in zip(paths, originals, cpu, outputs, strict=True):
+        q = quality(original, output)
         for key in (fmt_of(path), "all"):
             row = rows.setdefault(key, {"n": 0, "ms": 0.0, "failed": 0, "q": []})
             row["n"] += 1
@@ -269,6 +263,8 @@ def check_sizes(paths, bodies, outputs) -> int:
     """Our outputs: 800 px max side, aspect kept, never enlarged, small originals kept."""
     from PIL import Image
 
+    from mmc4_assets.downloader.imaging.prepare import target_size
+
     wrong = 0
     for path, body, output in zip(paths, bodies, outputs, strict=True):
         with Image.open(io.BytesIO(body)) as original:
@@ -278,7 +274,7 @@ def check_sizes(paths, bodies, outputs) -> int:
             wrong += 1
             continue
         with Image.open(io.BytesIO(output)) as out:
-            ok = out.size == expected_size(*size)
+            ok = out.size == target_size(*size, MAX_SIDE)
         if max(size) <= MAX_SIDE:
             ok = ok and output == body
         if not ok:
@@ -307,9 +303,10 @@ def main() -> None:
             None if failed else (Path(out) / f"{i}.jpg").read_bytes()
             for i, failed in enumerate(peer["failed"])
         ]
+    originals = [decoded(body) for body in bodies]  # each decoded once, for both tools
     results = {
-        "ours": summarize(paths, bodies, cpu, outputs),
-        "img2dataset": summarize(paths, bodies, peer["cpu_s"], peer_outputs),
+        "ours": summarize(paths, originals, cpu, outputs),
+        "img2dataset": summarize(paths, originals, peer["cpu_s"], peer_outputs),
     }
     report(results, flavour())
 
