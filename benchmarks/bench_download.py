@@ -176,8 +176,8 @@ def run_ours(
     settings = dict(settings or {})
     if ca_file is not None:
         settings.setdefault("ca_bundle", str(ca_file))
-    if settings.get("sites_url") == "shared":  # a fresh site ledger the runs share
-        settings["sites_url"] = f"sqlite:///{work}/site_ledger.sqlite"
+    if settings.get("ledger_url") == "shared":  # a fresh site ledger the runs share
+        settings["ledger_url"] = f"sqlite:///{work}/site_ledger.sqlite"
     shards: list[list[int]] = [[] for _ in range(runs)]
     turn: dict[str, int] = {}
     for i, entry in enumerate(entries):
@@ -531,7 +531,7 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
         print(f"work folder: {work}", flush=True)
         all_ok = [{**e, "expect": "ok"} for e in entries]
         i2d_ca = img2dataset_trust(web.ca_file, work, args.img2dataset_ca)
-        per_run = {**settings, "sites_url": None}
+        per_run = {**settings, "ledger_url": None}
         contenders = [
             (
                 "ours",
@@ -678,7 +678,7 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
         print(
             f"{name}: most requests in flight at once on one site "
             f"{seen['max_in_flight_any_site']}, on one host {seen['max_in_flight_any_host']} "
-            f"(budget per site: {budget}, shared: {bool(engine.get('sites_url'))}); busiest "
+            f"(budget per site: {budget}, shared: {bool(engine.get('ledger_url'))}); busiest "
             f"sites {seen['busiest_sites']}; robots.txt requests {seen['robots_requests']}, "
             f"requests for disallowed images {sum(seen['disallowed_requests'].values())}; "
             f"site ledger: {politeness.get('ledger_transactions', 0):,} transactions, "
@@ -753,7 +753,7 @@ def main() -> None:
         "--compare-budgets",
         action="store_true",
         help="ours again with budgets per run (no shared site ledger), side by side; give "
-        "--ours-setting sites_url=shared for the shared one (a fresh SQLite ledger per contender)",
+        "--ours-setting ledger_url=shared for the shared one (a fresh SQLite ledger per contender)",
     )
     real.add_argument(
         "--ours-setting",

@@ -135,8 +135,8 @@ class ImageDownloader(dg.ConfigurableResource):
         except ValueError as error:
             raise ValueError(f"MMC4_SITE_BUDGETS: {error}") from None
 
-    def settings(self, sites_url: str | None = None) -> DownloadSettings:
-        """The engine's settings; ``sites_url``: the deployment's site ledger."""
+    def settings(self, ledger_url: str | None = None) -> DownloadSettings:
+        """The engine's settings; ``ledger_url``: the deployment's site ledger."""
         allow_private = self.allow_private_networks
         if allow_private is None:
             allow_private = _env_flag("MMC4_ALLOW_PRIVATE_NETWORKS")
@@ -144,7 +144,7 @@ class ImageDownloader(dg.ConfigurableResource):
             max_concurrency=self.max_concurrency,
             per_site=self.per_site,
             site_budgets=tuple(sorted(self.budgets().items())),
-            sites_url=sites_url,
+            ledger_url=ledger_url,
             site_lease_seconds=self.site_lease_seconds,
             respect_robots_txt=self.respect_robots_txt,
             connect_timeout=self.connect_timeout,
@@ -208,7 +208,7 @@ class TrainingShardSettings(dg.ConfigurableResource):
         return PartLimits(documents=self.documents_per_part, bytes=self.bytes_per_part)
 
 
-def site_ledger_url(instance: dg.DagsterInstance) -> str:
+def ledger_url(instance: dg.DagsterInstance) -> str:
     """Where the runs of this deployment share site budgets: the instance's own Postgres when it
     has one (runs on many machines), else a SQLite file in the instance's folder (every run on
     this machine that uses the instance)."""

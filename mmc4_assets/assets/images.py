@@ -36,7 +36,7 @@ from mmc4_assets.resources import (
     CorpusStorage,
     ImageDownloader,
     StalenessPolicy,
-    site_ledger_url,
+    ledger_url,
 )
 from mmc4_assets.run_health import RunHealth
 from mmc4_assets.storage import DataStore, layout
@@ -160,7 +160,7 @@ def download_images(
     staleness: StalenessPolicy,
     run_health: RunHealth,
 ):
-    settings = image_downloader.settings(site_ledger_url(context.instance))
+    settings = image_downloader.settings(ledger_url(context.instance))
     shards = run_shards(context)
     store = storage.store()
     # One run at a time per shard, dead runs cleaned up first; a full disk says so.

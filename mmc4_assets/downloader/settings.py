@@ -15,12 +15,12 @@ class DownloadSettings:
     # having many, memory is bounded by max_bytes_in_flight, CPU by decode_workers.
     max_concurrency: int = 256
     # Requests in flight to one site (a registrable domain: every host name under it) across
-    # every run sharing ``sites_url``; ``site_budgets`` overrides it per site.
+    # every run sharing ``ledger_url``; ``site_budgets`` overrides it per site.
     per_site: int = 8
     site_budgets: tuple[tuple[str, int], ...] = ()
     # Where the runs of a deployment share site budgets and throttle state: "postgresql://…"
     # (the instance's database), "sqlite:///path" (one machine), None (this run only).
-    sites_url: str | None = None
+    ledger_url: str | None = None
     # A run's slots outlive it by at most this (kill -9); renewed every third of it.
     site_lease_seconds: float = 30.0
     # Obey robots.txt (RFC 9309) for our product token ``mmc4-assets`` and ``*``.

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 from mmc4_assets.downloader.politeness.gate import SiteGate
+from mmc4_assets.downloader.politeness.messages import Held, Want
 from mmc4_assets.downloader.politeness.sites import SiteBudgets
 
 
-def _gate() -> tuple[SiteGate, list[tuple]]:
-    sent: list[tuple] = []
+def _gate() -> tuple[SiteGate, list]:
+    sent: list = []
     gate = SiteGate(sent.extend, SiteBudgets(8), backoff_base=0.5, clock=lambda: 100.0)
     return gate, sent
 
 
 def _answer(
-    gate: SiteGate, sent: list[tuple], count: int, want_index: int, share: int | None = None
+    gate: SiteGate, sent: list, count: int, want_index: int, share: int | None = None
 ) -> None:
     """The broker's answer to the ``want_index``-th want sent."""
-    wants = [message for message in sent if message[0] == "want"]
-    _, site, _, _, sequence = wants[want_index]
-    gate.receive([("held", site, count, False, sequence, share)])
+    want = [message for message in sent if isinstance(message, Want)][want_index]
+    gate.receive([Held(want.site, count, False, want.sequence, share)])
 
 
-def _granted(count: int) -> tuple[SiteGate, list[tuple]]:
+def _granted(count: int) -> tuple[SiteGate, list]:
     """A gate that asked for ``count`` connections of wp.com and got them."""
     gate, sent = _gate()
     gate.want("wp.com", count)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from mmc4_assets.downloader.politeness.ledger import REPEAT_WINDOW_S, SiteLedger
+from mmc4_assets.downloader.politeness.ledger import SiteLedger
+from mmc4_assets.downloader.politeness.rules import REPEAT_WINDOW_S
 
 BACKOFF = {"backoff_base": 0.4, "pause_cap": 3600.0}
 

@@ -105,7 +105,7 @@ def test_runs_at_once_never_exceed_a_sites_budget(runs, ledger_url, shared):
     server = site_server(latency=0.15)
     try:
         group = runs(names)
-        settings = {"per_site": 4, "sites_url": ledger_url if shared else None}
+        settings = {"per_site": 4, "ledger_url": ledger_url if shared else None}
         started = [
             group.start(
                 f"run{n}",
@@ -134,7 +134,7 @@ def test_a_killed_runs_slots_come_back_within_its_lease(runs, tmp_path):
     server = site_server(latency=1.0)
     try:
         group = runs()
-        settings = {"per_site": 2, "sites_url": ledger_url, "site_lease_seconds": lease}
+        settings = {"per_site": 2, "ledger_url": ledger_url, "site_lease_seconds": lease}
         greedy = group.start(
             "greedy", [server.url(f"/{i}.jpg") for i in range(60)], settings, shard=1
         )
@@ -190,7 +190,7 @@ def test_a_429_pauses_the_site_for_every_run(runs, ledger_url):
     server = ThrottlingServer(window=1.0, retry_after=retry_after, images=90)
     try:
         group = runs()
-        settings = {"per_site": 8, "sites_url": ledger_url}
+        settings = {"per_site": 8, "ledger_url": ledger_url}
         started = [
             group.start(
                 f"run{n}", [server.url(f"/{n * 30 + i}.jpg") for i in range(30)], settings, n
@@ -229,7 +229,7 @@ def test_a_site_that_throttles_repeatedly_ends_with_a_lower_budget(runs, tmp_pat
     server = LocalServer({f"/{i}.jpg": image for i in range(30)}, latency=0.05)
     try:
         group = runs()
-        settings = {"per_site": 8, "sites_url": ledger_url}
+        settings = {"per_site": 8, "ledger_url": ledger_url}
         process = group.start("run", [server.url(f"/{i}.jpg") for i in range(30)], settings, 1)
         result = group.result("run", process)
     finally:
@@ -251,7 +251,7 @@ def test_a_run_that_cannot_get_a_sites_slots_leaves_its_images_for_later(tmp_pat
     server = site_server(latency=0.0, images=5)
     try:
         settings = DownloadSettings(
-            **{**BASE_SETTINGS, "total_deadline": 2.0}, sites_url=ledger_url
+            **{**BASE_SETTINGS, "total_deadline": 2.0}, ledger_url=ledger_url
         )
         refs = [ImageRef(i, 0, f"{i}.jpg", server.url(f"/{i}.jpg")) for i in range(5)]
         table = download_shard(refs, data_dir=tmp_path / "data", shard=1, settings=settings)

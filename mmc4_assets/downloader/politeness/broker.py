@@ -19,7 +19,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .ledger import LedgerUnavailable, SiteLedger, SiteState
+from .ledger import LedgerUnavailable, SiteLedger
+from .messages import Held, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
+from .rules import SiteState
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ class SiteBroker:
         self._dirty: set[str] = set()  # wants changed since the last sync
         self._retry_at: dict[str, float] = {}  # sites short of what they want: ask again then
         self._credits: dict[str, list[int]] = {}  # site -> [successes, budget]
-        self._events: list[tuple] = []  # throttles not written yet
+        self._events: list[Throttled] = []  # throttles not written yet
         self._stop = threading.Event()
         self._last_change: float | None = None
         self._next_poll = self._next_renew = self._next_credit = 0.0
@@ -75,7 +77,7 @@ class SiteBroker:
         self._clients[client] = deliver
         return client
 
-    def submit(self, client: int, messages: list[tuple]) -> None:
+    def submit(self, client: int, messages: list[ToBroker]) -> None:
         """Messages from a fetch loop (any thread)."""
         self._inbox.put((client, messages))
 
@@ -139,7 +141,7 @@ class SiteBroker:
             self.stats["ledger_seconds"] += time.perf_counter() - started
 
     def _turn(self, batch: list) -> None:
-        answers: dict[int, list[tuple]] = {}
+        answers: dict[int, list[ToGate]] = {}
         try:
             self._work(batch, answers)
         finally:  # what was decided reaches the loops even when a later step failed
@@ -172,33 +174,32 @@ class SiteBroker:
             for site, (count, budget) in credits.items():
                 self._tell_state(self._timed(self._ledger.credit, site, count, budget), answers)
 
-    def _apply(self, client: int, message: tuple, answers: dict) -> None:
-        kind, site = message[0], message[1]
-        if kind == "want":
+    def _apply(self, client: int, message: ToBroker, answers: dict) -> None:
+        site = message.site
+        if isinstance(message, Want):
             self._owner[site] = client
-            total, self._budget[site], self._sequence[site] = message[2], message[3], message[4]
-            if total:
-                self._wanted[site] = total
+            self._budget[site], self._sequence[site] = message.budget, message.sequence
+            if message.total:
+                self._wanted[site] = message.total
             else:
                 self._wanted.pop(site, None)
             self._dirty.add(site)
-        elif kind == "success":
-            _, _, count, budget = message
-            entry = self._credits.setdefault(site, [0, budget])
-            entry[0] += count
-        elif kind == "throttle":  # written in this turn, kept until it is
+        elif isinstance(message, Successes):
+            entry = self._credits.setdefault(site, [0, message.budget])
+            entry[0] += message.count
+        elif isinstance(message, Throttled):  # written in this turn, kept until it is
             self._owner.setdefault(site, client)
             self._events.append(message)
 
     def _write_events(self, answers: dict) -> None:
         while self._events:
-            _, site, retry_after, started_ago, budget = self._events[0]
+            event = self._events[0]
             state = self._timed(
                 self._ledger.throttle,
-                site,
-                budget=budget,
-                retry_after=retry_after,
-                started_ago=started_ago,
+                event.site,
+                budget=event.budget,
+                retry_after=event.retry_after,
+                started_ago=event.started_ago,
                 backoff_base=self.settings.backoff_base,
                 pause_cap=self.settings.pause_cap,
             )
@@ -236,7 +237,7 @@ class SiteBroker:
             if client is not None:
                 sequence = self._sequence.get(site, 0)  # the want this answers
                 share = shares.get(site)  # others wait: come down to this as requests end
-                answers.setdefault(client, []).append(("held", site, count, short, sequence, share))
+                answers.setdefault(client, []).append(Held(site, count, short, sequence, share))
             state = states.get(site)
             if state is not None and (state.pause_left > 0 or state.cap is not None):
                 self._tell_state(state, answers)
@@ -251,9 +252,7 @@ class SiteBroker:
         client = self._owner.get(state.site)
         if client is None:
             return
-        capped = state.cap is not None
-        message = ("state", state.site, state.pause_left, state.cap, capped)
-        answers.setdefault(client, []).append(message)
+        answers.setdefault(client, []).append(SiteStatus(state.site, state.pause_left, state.cap))
 
     def _unavailable(self, error: LedgerUnavailable) -> None:
         now = time.monotonic()
@@ -274,7 +273,7 @@ def open_broker(settings) -> SiteBroker:
     """The broker of a run with these DownloadSettings."""
     return SiteBroker(
         BrokerSettings(
-            ledger_url=settings.sites_url,
+            ledger_url=settings.ledger_url,
             lease_seconds=settings.site_lease_seconds,
             backoff_base=settings.backoff_base,
             pause_cap=settings.retry_after_cap,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from .messages import Held, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
 from .sites import SiteBudgets
 
 FLUSH_S = 0.02  # messages to the broker are coalesced over this long (a throttle goes at once)
@@ -24,13 +25,14 @@ class SiteGate:
 
     def __init__(
         self,
-        send: Callable[[list[tuple]], None] | None,
+        send: Callable[[list[ToBroker]], None],
         budgets: SiteBudgets,
         *,
         backoff_base: float,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
-        self.send = send  # set once the loop is linked to the broker
+        self.send = send
         self.budgets = budgets
         self.backoff_base = backoff_base
         self.clock = clock
@@ -39,15 +41,15 @@ class SiteGate:
         self._sequence: dict[str, int] = {}  # the number of the site's latest want
         self.starved: set[str] = set()  # wanted more than the broker could get
         self.paused_until: dict[str, float] = {}  # clock time; only future pauses matter
-        self.budget_now: dict[str, int] = {}  # budgets lowered after repeated throttling
+        # Budgets lowered after repeated throttling: successes there earn them back.
+        self.budget_now: dict[str, int] = {}
         self.share: dict[str, int] = {}  # fair shares of sites other runs wait for
-        self._capped: set[str] = set()  # sites whose budget was lowered: successes count
         self._successes: dict[str, int] = {}
-        self._outbox: list[tuple] = []
+        self._outbox: list[ToBroker] = []
         self._urgent = False  # a throttle waits for no coalescing
         self._flushed_at = float("-inf")
         self.changed: set[str] = set()  # sites whose limit or pause changed since last look
-        self.on_change: Callable[[], None] | None = None
+        self.on_change = on_change  # called when answers arrived
         self.throttles = 0  # 429/503 answers this loop received
         self.paused_sites: set[str] = set()  # sites this loop saw paused, by anyone
 
@@ -91,7 +93,7 @@ class SiteGate:
             self.wanted.pop(site, None)
             self.starved.discard(site)
         sequence = self._sequence[site] = self._sequence.get(site, 0) + 1
-        self._outbox.append(("want", site, total, self.budgets(site), sequence))
+        self._outbox.append(Want(site, total, self.budgets(site), sequence))
 
     def in_play(self, site: str) -> bool:
         return site in self.wanted
@@ -104,12 +106,12 @@ class SiteGate:
         now = self.clock()
         guess = retry_after if retry_after is not None else self.backoff_base
         self._pause(site, now + guess)
-        self._outbox.append(("throttle", site, retry_after, started_ago, self.budgets(site)))
+        self._outbox.append(Throttled(site, retry_after, started_ago, self.budgets(site)))
         self._urgent = True
 
     def succeeded(self, site: str) -> None:
         """A body from a site whose budget was lowered: successes earn it back."""
-        if site in self._capped:
+        if site in self.budget_now:
             self._successes[site] = self._successes.get(site, 0) + 1
 
     def _pause(self, site: str, until: float) -> None:
@@ -127,7 +129,7 @@ class SiteGate:
         if not (force or self._urgent) and now - self._flushed_at < FLUSH_S:
             return
         for site, count in self._successes.items():
-            self._outbox.append(("success", site, count, self.budgets(site)))
+            self._outbox.append(Successes(site, count, self.budgets(site)))
         self._successes.clear()
         if self._outbox:
             outbox, self._outbox = self._outbox, []
@@ -140,42 +142,42 @@ class SiteGate:
             return None
         return self._flushed_at + FLUSH_S
 
-    def receive(self, messages: list[tuple]) -> None:
-        """Apply the broker's answers: ("held", site, n, short, want number, fair share or
-        None) and ("state", ...)."""
+    def receive(self, messages: list[ToGate]) -> None:
+        """Apply the broker's answers (``Held``, ``SiteStatus``)."""
         now = self.clock()
         for message in messages:
-            kind, site = message[0], message[1]
-            if kind == "held":
-                _, _, count, short, sequence, share = message
-                if share != self.share.get(site):
-                    if share is None:
-                        self.share.pop(site, None)
-                    else:
-                        self.share[site] = share
-                    self.changed.add(site)  # the loop's want follows it
-                if sequence != self._sequence.get(site):
-                    continue  # the answer to an older want: what it held before the last one
-                if count:
-                    self.held[site] = count
-                else:
-                    self.held.pop(site, None)
-                if short and site in self.wanted:
-                    self.starved.add(site)
-                else:
-                    self.starved.discard(site)
-            elif kind == "state":
-                _, _, pause_left, budget, capped = message
-                if pause_left > 0:
-                    self._pause(site, now + pause_left)
-                if budget is None:
-                    self.budget_now.pop(site, None)
-                else:
-                    self.budget_now[site] = budget
-                if capped:
-                    self._capped.add(site)
-                else:
-                    self._capped.discard(site)
+            site = message.site
+            if isinstance(message, Held):
+                self._held(message)
+            else:
+                self._status(message, now)
             self.changed.add(site)
         if self.on_change is not None:
             self.on_change()
+
+    def _held(self, answer: Held) -> None:
+        site = answer.site
+        if answer.share != self.share.get(site):
+            if answer.share is None:
+                self.share.pop(site, None)
+            else:
+                self.share[site] = answer.share
+        if answer.sequence != self._sequence.get(site):
+            return  # the answer to an older want: what it held before the last one
+        if answer.count:
+            self.held[site] = answer.count
+        else:
+            self.held.pop(site, None)
+        if answer.short and site in self.wanted:
+            self.starved.add(site)
+        else:
+            self.starved.discard(site)
+
+    def _status(self, status: SiteStatus, now: float) -> None:
+        site = status.site
+        if status.pause_left > 0:
+            self._pause(site, now + status.pause_left)
+        if status.cap is None:
+            self.budget_now.pop(site, None)
+        else:
+            self.budget_now[site] = status.cap

@@ -14,7 +14,8 @@ of a moment (more for some sites, less for others, renewals) go in one transacti
 Throttling is a site's state: ``paused_until`` (no run sends a request before it), the number
 of throttles in a row, and a lowered budget (``cap``) that grows back by one for every ``cap``
 successes. Holders shrink to a lowered budget at their next renewal. Times are the database's
-clock, so machines need not agree.
+clock, so machines need not agree. The rules themselves (what a holder is granted, what a
+throttle or a success does to a site) are pure functions in ``rules.py``; here is the SQL.
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-# A throttle counts as a repeat (and halves the budget) when it follows the site's previous one
-# within this many seconds.
-REPEAT_WINDOW_S = 60.0
+from .rules import (
+    Others,
+    SiteState,
+    after_successes,
+    after_throttle,
+    grant,
+)
+
+NOBODY = Others()
+
 _BATCH = 200  # rows per statement
 
 _SCHEMA = (
@@ -54,29 +62,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS mmc4_site_state_changed ON mmc4_site_state (changed_at)",
 )
 _STATE_COLUMNS = "site, paused_until, throttled_at, strikes, cap, credit"
-
-
-@dataclass(frozen=True)
-class SiteState:
-    """What every run must respect about one site, as seen at ``now`` (database clock)."""
-
-    site: str
-    paused_until: float = 0.0
-    throttled_at: float | None = None
-    strikes: int = 0
-    cap: int | None = None
-    credit: int = 0
-    now: float = 0.0
-
-    @property
-    def pause_left(self) -> float:
-        return max(0.0, self.paused_until - self.now)
-
-    def budget(self, configured: int) -> int:
-        """Connections the site may have now: the configured budget, or the lowered cap."""
-        if self.cap is not None:
-            return max(1, min(configured, self.cap))
-        return configured
 
 
 def _state(row, now: float) -> SiteState:
@@ -160,16 +145,13 @@ class SiteLedger:
         renew: bool = False,
     ) -> tuple[dict[str, int], dict[str, SiteState], dict[str, int]]:
         """Set the holder's connections to each site (``wants``: site -> (wanted, configured
-        budget)) to what it wants, within what the other holders' leases leave of the site's
-        budget now, and never more while the site is paused; give back what ``fewer`` says
-        (site -> connections to keep, fewer than held: nothing to check); with ``renew``, extend
-        all its leases. One transaction. Returns the connections held per site (``wants``'s),
-        the sites' states, and the fair shares of sites other holders wait for.
+        budget)) to what ``rules.grant`` gives it; give back what ``fewer`` says (site ->
+        connections to keep, fewer than held: nothing to check); with ``renew``, extend all its
+        leases. One transaction. Returns the connections held per site (``wants``'s), the
+        sites' states, and the fair shares of sites other holders wait for.
 
         A holder that wants more than it got keeps a row (at 0 connections if need be), so the
-        others see it waiting: while one waits, no holder grows past a fair share (the budget
-        over the holders that want the site), and each is told that share, to come down to as
-        its requests end (the ledger never takes back connections in use).
+        others see it waiting.
         """
         sites = sorted(wants)
         with self._transaction(write=True) as cursor:
@@ -181,26 +163,7 @@ class SiteLedger:
                 return {}, {}, {}
             self._lock_sites(cursor, sites)
             found = self._states(cursor, sites, now)
-            others: dict[str, int] = {}
-            mine: dict[str, int] = {}
-            contenders: dict[str, int] = {}  # other holders that want the site
-            waiting: dict[str, int] = {}  # other holders that want more than they hold
-            for part in _chunks(sites):
-                cursor.execute(
-                    "SELECT site, holder, connections, wanted FROM mmc4_site_leases "
-                    f"WHERE site IN ({self._marks(len(part))}) "
-                    f"AND (expires_at > {self._marker} OR holder = {self._marker})",
-                    [*part, now, holder],
-                )
-                for site, owner, connections, wanted in cursor.fetchall():
-                    if owner == holder:
-                        mine[site] = int(connections)
-                    else:
-                        others[site] = others.get(site, 0) + int(connections)
-                        if wanted > 0:
-                            contenders[site] = contenders.get(site, 0) + 1
-                        if wanted > connections:
-                            waiting[site] = waiting.get(site, 0) + 1
+            mine, others = self._leases(cursor, holder, sites, now)
             held: dict[str, int] = {}
             states: dict[str, SiteState] = {}
             shares: dict[str, int] = {}
@@ -209,31 +172,58 @@ class SiteLedger:
             for site in sites:
                 wanted, budget = wants[site]
                 state = states[site] = found.get(site) or SiteState(site, now=now)
-                limit = state.budget(budget)
-                target = min(wanted, max(0, limit - others.get(site, 0)))
-                if waiting.get(site):  # another holder waits: no growth past a fair share
-                    share = shares[site] = max(1, limit // (contenders.get(site, 0) + 1))
-                    target = min(target, max(share, mine.get(site, 0)))
-                if state.pause_left > 0:
-                    target = min(target, mine.get(site, 0))  # no more while paused
-                held[site] = target
+                given = grant(state, budget, wanted, mine.get(site, 0), others.get(site, NOBODY))
+                held[site] = given.connections
+                if given.share is not None:
+                    shares[site] = given.share
                 if wanted > 0:  # at 0 connections too: the others see it waiting
-                    rows.append((holder, site, target, wanted, expires))
+                    rows.append((holder, site, given.connections, wanted, expires))
                 elif site in mine:
                     gone.append(site)
-            for part in _chunks(rows):
-                values = ", ".join(f"({self._marks(5)})" for _ in part)
-                cursor.execute(
-                    "INSERT INTO mmc4_site_leases (holder, site, connections, wanted, expires_at) "
-                    f"VALUES {values} ON CONFLICT (holder, site) DO UPDATE SET "
-                    "connections = excluded.connections, wanted = excluded.wanted, "
-                    "expires_at = excluded.expires_at",
-                    [value for row in part for value in row],
-                )
+            self._upsert_leases(cursor, rows)
             self._drop(cursor, holder, gone)
             if renew:
                 self._renew(cursor, holder, now)
         return held, states, shares
+
+    def _leases(
+        self, cursor, holder: str, sites: list[str], now: float
+    ) -> tuple[dict[str, int], dict[str, Others]]:
+        """The holder's connections per site, and the other holders' unexpired leases."""
+        mine: dict[str, int] = {}
+        held: Counter[str] = Counter()
+        contenders: Counter[str] = Counter()
+        waiting: Counter[str] = Counter()
+        for part in _chunks(sites):
+            cursor.execute(
+                "SELECT site, holder, connections, wanted FROM mmc4_site_leases "
+                f"WHERE site IN ({self._marks(len(part))}) "
+                f"AND (expires_at > {self._marker} OR holder = {self._marker})",
+                [*part, now, holder],
+            )
+            for site, owner, connections, wanted in cursor.fetchall():
+                if owner == holder:
+                    mine[site] = int(connections)
+                    continue
+                held[site] += int(connections)
+                contenders[site] += wanted > 0
+                waiting[site] += wanted > connections
+        others = {
+            site: Others(held[site], contenders[site], waiting[site])
+            for site in held.keys() | contenders.keys()
+        }
+        return mine, others
+
+    def _upsert_leases(self, cursor, rows: list[tuple]) -> None:
+        for part in _chunks(rows):
+            values = ", ".join(f"({self._marks(5)})" for _ in part)
+            cursor.execute(
+                "INSERT INTO mmc4_site_leases (holder, site, connections, wanted, expires_at) "
+                f"VALUES {values} ON CONFLICT (holder, site) DO UPDATE SET "
+                "connections = excluded.connections, wanted = excluded.wanted, "
+                "expires_at = excluded.expires_at",
+                [value for row in part for value in row],
+            )
 
     def _renew(self, cursor, holder: str, now: float) -> None:
         cursor.execute(
@@ -275,85 +265,40 @@ class SiteLedger:
         backoff_base: float,
         pause_cap: float,
     ) -> SiteState:
-        """A 429 or 503 from ``site``: pause it for every run, lower its budget on repeats.
+        """A 429 or 503 from ``site``: its state after ``rules.after_throttle``, for every run."""
+        return self._update_state(
+            site,
+            lambda state: after_throttle(
+                state,
+                budget=budget,
+                retry_after=retry_after,
+                started_ago=started_ago,
+                backoff_base=backoff_base,
+                pause_cap=pause_cap,
+            ),
+        )
 
-        A throttle answering a request sent before the site's previous throttle was recorded
-        (``started_ago`` seconds ago) belongs to that episode: it may lengthen the pause to its
-        own Retry-After but is not a new strike. A new episode pauses the site for Retry-After
-        (capped) or, without one, ``backoff_base * 2**(strikes - 1)``; one that follows the
-        previous episode within REPEAT_WINDOW_S also halves the site's budget.
-        """
+    def credit(self, site: str, successes: int, budget: int) -> SiteState:
+        """Successes at a lowered budget: the site's state after ``rules.after_successes``."""
+        return self._update_state(site, lambda state: after_successes(state, successes, budget))
+
+    def _update_state(self, site: str, rule: Callable[[SiteState], SiteState]) -> SiteState:
+        """Apply ``rule`` to the site's state under its lock, in one transaction."""
         with self._transaction(write=True) as cursor:
             now = self._now(cursor)
             self._lock_states(cursor, [site], now)
             state = self._states(cursor, [site], now)[site]
-            sent_at = now - max(0.0, started_ago)
-            paused_until, strikes, cap, credit = (
-                state.paused_until,
-                state.strikes,
-                state.cap,
-                state.credit,
-            )
-            throttled_at = state.throttled_at  # when the episode began: late answers keep it
-            if throttled_at is not None and sent_at <= throttled_at:
-                if retry_after is not None:
-                    paused_until = max(paused_until, now + min(retry_after, pause_cap))
-            else:
-                throttled_at = now
-                repeated = (
-                    state.throttled_at is not None and now - state.throttled_at < REPEAT_WINDOW_S
-                )
-                strikes = strikes + 1 if repeated else 1
-                if repeated:
-                    cap, credit = max(1, state.budget(budget) // 2), 0
-                if retry_after is not None:
-                    pause = min(retry_after, pause_cap)
-                else:
-                    pause = min(pause_cap, backoff_base * 2 ** (strikes - 1))
-                paused_until = max(paused_until, now + pause)
+            new = rule(state)
+            if new is state:
+                return state
             cursor.execute(
                 f"UPDATE mmc4_site_state SET paused_until = {self._marker}, "
                 f"throttled_at = {self._marker}, strikes = {self._marker}, cap = {self._marker}, "
                 f"credit = {self._marker}, changed_at = {self._marker} "
                 f"WHERE site = {self._marker}",
-                [paused_until, throttled_at, strikes, cap, credit, now, site],
+                [new.paused_until, new.throttled_at, new.strikes, new.cap, new.credit, now, site],
             )
-            return SiteState(site, paused_until, throttled_at, strikes, cap, credit, now)
-
-    def credit(self, site: str, successes: int, budget: int) -> SiteState:
-        """Successes at a lowered budget: it grows by one for every ``cap`` of them.
-
-        Successes after the pause also end the escalation of pauses: the site answers again, so
-        its next throttle (a one-off 503 among many images) pauses it for the base time, not
-        twice the last; coming within REPEAT_WINDOW_S, it still halves the budget.
-        """
-        with self._transaction(write=True) as cursor:
-            now = self._now(cursor)
-            self._lock_states(cursor, [site], now)
-            state = self._states(cursor, [site], now)[site]
-            if state.cap is None:
-                return state
-            cap, credit = state.cap, state.credit + successes
-            while cap < budget and credit >= cap:
-                credit -= cap
-                cap += 1
-            new_cap = None if cap >= budget else cap
-            strikes = 0 if successes > 0 and state.pause_left <= 0 else state.strikes
-            cursor.execute(
-                f"UPDATE mmc4_site_state SET cap = {self._marker}, credit = {self._marker}, "
-                f"strikes = {self._marker}, changed_at = {self._marker} "
-                f"WHERE site = {self._marker}",
-                [new_cap, 0 if new_cap is None else credit, strikes, now, site],
-            )
-            return SiteState(
-                site,
-                state.paused_until,
-                state.throttled_at,
-                strikes,
-                new_cap,
-                credit,
-                now,
-            )
+            return new
 
     def changed_since(self, since: float | None) -> tuple[list[SiteState], float]:
         """States changed after ``since`` (database clock; None: in the last second), and the

@@ -137,7 +137,7 @@ class FetchLoop:
         ``connect(deliver)`` links the loop to the run's site broker: it returns the function
         that sends the broker this loop's messages, and arranges for ``deliver`` to be called
         (from any thread) with the broker's answers. Without it, a broker of its own serves
-        this loop (on ``settings.sites_url``).
+        this loop (on ``settings.ledger_url``).
         """
         for job in jobs:
             job.site = job.site or site_of(job.host)
@@ -192,14 +192,17 @@ class _Session:
         self.settings = settings = owner.settings
         self.pool = pool
         self.tls = tls
-        self.connect = connect
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
+        loop = self.loop
+        # The broker answers from its own thread; its messages reach the gate on this loop.
+        deliver = lambda messages: loop.call_soon_threadsafe(self.gate.receive, messages)  # noqa: E731
         self.gate = SiteGate(
-            send=None,
+            send=connect(deliver),
             budgets=SiteBudgets(settings.per_site, dict(settings.site_budgets)),
             backoff_base=settings.backoff_base,
-            clock=self.loop.time,
+            clock=loop.time,
+            on_change=self.wake.set,
         )
         self.queue = SiteQueue(lambda site: self.gate.limit(site, self.loop.time()))
         self.breaker = HostBreaker(settings.breaker_failures)
@@ -226,9 +229,6 @@ class _Session:
 
     async def run(self, jobs: list[ImageJob]) -> None:
         loop, gate, queue = self.loop, self.gate, self.queue
-        deliver = lambda messages: loop.call_soon_threadsafe(gate.receive, messages)  # noqa: E731
-        gate.send = self.connect(deliver)
-        gate.on_change = self.wake.set
         for job in jobs:
             queue.add(job)
         order = queue.sites_by_backlog()

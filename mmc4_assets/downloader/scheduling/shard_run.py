@@ -66,7 +66,7 @@ def download_shard(
     of the shard's stored objects) stands in for the disk when the data folder is an object
     store: an image whose previous row is ok with that path and size is held, not fetched.
 
-    Politeness: every site's slots come from the ledger at ``settings.sites_url`` (shared with
+    Politeness: every site's slots come from the ledger at ``settings.ledger_url`` (shared with
     every run that names it), robots.txt entries from ``robots_store`` (default: the data
     folder). ``stats``, when given, receives what politeness did (robots.txt fetched and cached,
     throttles, the ledger's cost).

@@ -1,0 +1,64 @@
+"""What a fetch loop's gate and the run's broker tell each other, one type per message.
+
+They cross threads and, for fetch worker processes, a pipe (pickled): plain NamedTuples keep
+them cheap and picklable, and a field is read by name, not by position.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# -- gate -> broker ----------------------------------------------------------------------------
+
+
+class Want(NamedTuple):
+    """Hold ``total`` connections of ``site`` (0: give them all back); ``sequence`` numbers
+    the site's wants, so the gate can tell which want an answer is for."""
+
+    site: str
+    total: int
+    budget: int  # the site's configured budget
+    sequence: int
+
+
+class Throttled(NamedTuple):
+    """``site`` answered 429/503 to a request sent ``started_ago`` seconds ago."""
+
+    site: str
+    retry_after: float | None
+    started_ago: float
+    budget: int
+
+
+class Successes(NamedTuple):
+    """Bodies received from a site whose budget was lowered: they earn it back."""
+
+    site: str
+    count: int
+    budget: int
+
+
+ToBroker = Want | Throttled | Successes
+
+# -- broker -> gate ----------------------------------------------------------------------------
+
+
+class Held(NamedTuple):
+    """The ledger's answer to a want: connections held now."""
+
+    site: str
+    count: int
+    short: bool  # fewer than wanted: other runs hold the rest
+    sequence: int  # the want this answers
+    share: int | None  # other runs wait for the site: come down to this as requests end
+
+
+class SiteStatus(NamedTuple):
+    """What every run must respect about a site now: a pause, a lowered budget."""
+
+    site: str
+    pause_left: float
+    cap: int | None  # the lowered budget, None when the site has its configured one
+
+
+ToGate = Held | SiteStatus
