@@ -91,7 +91,7 @@ def time_prepare(
 
 def ours_prepare() -> Callable[[bytes], bytes | None]:
     from mmc4_assets.downloader.imaging.prepare import ImageRejected, prepare_image
-    from mmc4_assets.downloader.scheduling.fetch_loop import tune_memory
+    from mmc4_assets.downloader.scheduling.process_tuning import tune_memory
 
     tune_memory()  # as in a fetch process
 

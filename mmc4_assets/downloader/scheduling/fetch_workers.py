@@ -215,7 +215,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _serve() -> None:
-    from .fetch_loop import FetchLoop, tune_memory  # heavy imports after the death pact
+    from .fetch_loop import FetchLoop  # heavy imports after the death pact
+    from .process_tuning import tune_memory
 
     tune_memory()
     out = sys.stdout.buffer

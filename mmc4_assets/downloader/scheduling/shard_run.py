@@ -28,8 +28,9 @@ from ..refs import ImageRef
 from ..settings import DownloadSettings, tls_context
 from ..storing.names import NameAllocator, contained_path
 from ..storing.store import ImageJob, check_local_copy, failure_row, held_copy, remove_file
-from .fetch_loop import FetchLoop, ProgressInfo, tune_memory
+from .fetch_loop import FetchLoop, ProgressInfo
 from .fetch_workers import fetch_in_workers, share_of, split_by_site, worker_count
+from .process_tuning import tune_memory
 
 __all__ = ["ProgressInfo", "download_shard"]
 
@@ -111,25 +112,25 @@ class _ShardRun(FetchLoop):
             if old is not None and (old["url"] != ref.url or old["image_name"] != ref.image_name):
                 old = None  # the shard changed under us: that row describes another image
             if targets is not None and (ref.doc, ref.index) not in targets and old is not None:
-                self._finish(position, old)
+                self.finish(position, old)
                 continue
             job = ImageJob(position, ref, name, path, f"images/{self.shard}/{name}", old)
             try:
                 check_url(ref.url)
             except InvalidUrl as error:
-                self._finish(position, failure_row(self.shard, job, "invalid_url", str(error)))
+                self.finish(position, failure_row(self.shard, job, "invalid_url", str(error)))
                 remove_file(job)
                 continue
             job.host = host_of(ref.url)
             job.site = site_of(job.host)
             job.origin = origin_of(ref.url)
             jobs.append(job)
-        self._report()
-        with ThreadPoolExecutor(self._decoders, thread_name_prefix="mmc4-decode") as pool:
+        self.report()
+        with ThreadPoolExecutor(self.decoders, thread_name_prefix="mmc4-decode") as pool:
             network = self._check_local_copies(jobs, pool, refresh=targets is not None)
             if network:
                 self._fetch(network, pool)
-        self._report()
+        self.report()
         return normalize_status(pd.DataFrame.from_records(self.rows, columns=ALL_COLUMNS))
 
     def _check_local_copies(self, jobs, pool, *, refresh: bool) -> list[ImageJob]:
@@ -153,7 +154,7 @@ class _ShardRun(FetchLoop):
             if row is None:
                 remaining.append(job)
             elif not refresh:
-                self._finish(job.position, row)
+                self.finish(job.position, row)
             else:
                 job.have_copy = True
                 job.previous = row
@@ -190,14 +191,14 @@ class _ShardRun(FetchLoop):
         def tick(received: int) -> None:
             with self._lock:
                 self._bytes = received
-            self._report()
+            self.report()
 
-        share = share_of(self.settings, len(groups), self._decoders)
+        share = share_of(self.settings, len(groups), self.decoders)
         fetched, politeness = fetch_in_workers(
             groups,
             share,
             self.shard,
-            self._finish,
+            self.finish,
             tick,
             self.progress_interval,
             broker,

@@ -110,11 +110,6 @@ class SiteQueue:
         self._pending.setdefault(job.site, deque()).appendleft(job)
         self._mark_ready(job.site, urgent=True, again=True)
 
-    def settle(self, job: ImageJob) -> None:
-        """A parked image ended without starting."""
-        self._waiting[job.site] -= 1
-        self.total_waiting -= 1
-
     def drain(self, site: str, keep: Callable[[ImageJob], bool]) -> list[ImageJob]:
         """Take out the waiting images of ``site`` (not parked ones) that ``keep`` rejects."""
         dropped: list[ImageJob] = []
