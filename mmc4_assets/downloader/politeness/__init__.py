@@ -1,9 +1,10 @@
 """Politeness at corpus scale: sites, their budgets shared by every run, throttling, robots.txt.
 
 ``sites`` groups hosts by registrable domain; ``ledger`` keeps each site's connection leases and
-throttle state where every run of the deployment sees them; ``broker`` is a run's one link to
-it; ``gate`` is a fetch loop's view; ``robots`` and ``robots_cache`` read, obey and keep
-robots.txt.
+throttle state where every run of the deployment sees them (in a database of
+``ledger_backends``), by the pure ``rules``; ``broker`` is a run's one link to it; ``gate`` is
+a fetch loop's view, talking to its broker in the typed ``messages``; ``robots`` and
+``robots_cache`` read, obey and keep robots.txt.
 """
 
 # What politeness did in a run, as the engine counts it (download_shard's ``stats``, and the
