@@ -28,7 +28,7 @@ from mmc4_assets.corpus.status import (
     summarize,
     write_status,
 )
-from mmc4_assets.downloader import ProgressInfo, download_shard
+from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
 from mmc4_assets.downloader.politeness import COUNTERS as POLITENESS_COUNTERS
 from mmc4_assets.downloader.refs import iter_image_refs
 from mmc4_assets.partitions import shard_partitions
@@ -169,72 +169,86 @@ def download_images(
         disk_full_fails_clearly(store, shards),
     ):
         for key, shard in shards:
-            raw, folder = layout.raw_docs(shard), layout.images_folder(shard)
-            with store.inputs([raw, layout.status_parquet(shard)]) as work:
-                refs = list(iter_image_refs(work / raw))
-                previous = read_status(work, shard)
-                # On an object store, one listing of the shard's images stands in for the disk.
-                sync = ImageSync(store, work, shard) if store.remote else None
-                stored = sync.stored if sync is not None else None
-                targets = None
-                if config.only_stale and previous is not None:
-                    targets = stale_targets(
-                        previous,
-                        data_dir=work,
-                        now=datetime.now(UTC),
-                        retry_cooldown=staleness.retry_cooldown,
-                        max_age=staleness.max_age,
-                        stored_sizes=stored,
-                    )
-                    context.log.info(f"shard {shard}: {len(targets)} stale image(s) to re-download")
-                if sync is not None and (adopted := sync.adopt_unrecorded(previous)):
-                    context.log.info(
-                        f"shard {shard}: {adopted} stored image(s) no status row vouches for "
-                        "(a killed run's uploads) fetched to be checked, not downloaded again"
-                    )
-
-                def report(progress: ProgressInfo, shard: int = shard) -> None:
-                    context.log.info(
-                        f"shard {shard}: {progress.done}/{progress.total} images, "
-                        f"{progress.outcomes.get('ok', 0)} ok, "
-                        f"{progress.images_per_second:.1f} images/s"
-                    )
-
-                started = time.monotonic()
-                politeness: dict = {}
-                with sync.uploading() if sync is not None else contextlib.nullcontext():
-                    table = download_shard(
-                        refs,
-                        data_dir=work,
-                        shard=shard,
-                        settings=settings,
-                        previous=previous,
-                        targets=targets,
-                        progress=report,
-                        held=stored,
-                        robots_store=store,
-                        stats=politeness,
-                    )
-                wall = time.monotonic() - started
-                write_status(table, work, shard)
-                if sync is not None:
-                    sync.finish(table)
-            summary = summarize(table)
-            attempted = len(refs) if targets is None else len(targets)
-            context.add_asset_metadata(
-                _images_metadata(summary, attempted, wall, stored_at(store, folder), politeness),
-                asset_key=DOWNLOADED_IMAGES,
-                partition_key=key,
-            )
-            context.add_asset_metadata(
-                _report_metadata(table, summary, staleness, store, shard),
-                asset_key=STATUS_REPORT,
-                partition_key=key,
-            )
-            context.log.info(
-                f"shard {shard}: {summary['outcomes'].get('ok', 0)}/{summary['images']} ok "
-                f"({summary['success_rate']:.1%}), {attempted} attempted in {wall:.1f}s"
-            )
+            _download_shard(context, config, settings, store, staleness, key, shard)
     # Per-shard metadata was attached above; these close the step for every shard of the run.
     yield dg.MaterializeResult(asset_key=DOWNLOADED_IMAGES)
     yield dg.MaterializeResult(asset_key=STATUS_REPORT)
+
+
+def _download_shard(
+    context: dg.AssetExecutionContext,
+    config: ImageDownloadConfig,
+    settings: DownloadSettings,
+    store: DataStore,
+    staleness: StalenessPolicy,
+    key: str,
+    shard: int,
+) -> None:
+    """Download one shard of the run (its images, or only its stale ones) and attach the
+    shard's metadata to both assets."""
+    raw, folder = layout.raw_docs(shard), layout.images_folder(shard)
+    with store.inputs([raw, layout.status_parquet(shard)]) as work:
+        refs = list(iter_image_refs(work / raw))
+        previous = read_status(work, shard)
+        # On an object store, one listing of the shard's images stands in for the disk.
+        sync = ImageSync(store, work, shard) if store.remote else None
+        stored = sync.stored if sync is not None else None
+        targets = None
+        if config.only_stale and previous is not None:
+            targets = stale_targets(
+                previous,
+                data_dir=work,
+                now=datetime.now(UTC),
+                retry_cooldown=staleness.retry_cooldown,
+                max_age=staleness.max_age,
+                stored_sizes=stored,
+            )
+            context.log.info(f"shard {shard}: {len(targets)} stale image(s) to re-download")
+        if sync is not None and (adopted := sync.adopt_unrecorded(previous)):
+            context.log.info(
+                f"shard {shard}: {adopted} stored image(s) no status row vouches for "
+                "(a killed run's uploads) fetched to be checked, not downloaded again"
+            )
+
+        def report(progress: ProgressInfo) -> None:
+            context.log.info(
+                f"shard {shard}: {progress.done}/{progress.total} images, "
+                f"{progress.outcomes.get('ok', 0)} ok, "
+                f"{progress.images_per_second:.1f} images/s"
+            )
+
+        started = time.monotonic()
+        politeness: dict = {}
+        with sync.uploading() if sync is not None else contextlib.nullcontext():
+            table = download_shard(
+                refs,
+                data_dir=work,
+                shard=shard,
+                settings=settings,
+                previous=previous,
+                targets=targets,
+                progress=report,
+                held=stored,
+                robots_store=store,
+                stats=politeness,
+            )
+        wall = time.monotonic() - started
+        write_status(table, work, shard)
+        if sync is not None:
+            sync.finish(table)
+    summary = summarize(table)
+    attempted = len(refs) if targets is None else len(targets)
+    context.add_asset_metadata(
+        _images_metadata(summary, attempted, wall, stored_at(store, folder), politeness),
+        asset_key=DOWNLOADED_IMAGES,
+        partition_key=key,
+    )
+    context.add_asset_metadata(
+        _report_metadata(table, summary, staleness, store, shard),
+        asset_key=STATUS_REPORT,
+        partition_key=key,
+    )
+    context.log.info(
+        f"shard {shard}: {summary['outcomes'].get('ok', 0)}/{summary['images']} ok "
+        f"({summary['success_rate']:.1%}), {attempted} attempted in {wall:.1f}s"
+    )
