@@ -159,3 +159,22 @@ def test_a_run_waiting_for_a_site_gets_a_fair_share_as_the_others_give_back(ledg
         ledger.release_all(holder)
         ledger.close()
     assert held_now(ledger_url, "wp.com") == 0
+
+
+def test_a_run_short_of_a_site_others_hold_tells_them_at_once(ledger_url):
+    """The holders of a site learn that another run waits from their poll of changed sites
+    (a tenth of a second), not at their next lease renewal (after which the waiting run may
+    have given its images up)."""
+    first, second = SiteLedger.open(ledger_url), SiteLedger.open(ledger_url)
+    first.sync("a", {"wp.com": (8, 8), "other.org": (2, 8)})
+    _, since = first.changed_since(None)
+    time.sleep(1.1)  # past the poll's one-second overlap
+    assert first.changed_since(since)[0] == []
+    second.sync("b", {"other.org": (2, 8)})  # room left there: nobody is told
+    assert first.changed_since(since)[0] == []
+    second.sync("b", {"wp.com": (8, 8)})  # short: the holder is told
+    changed, _ = first.changed_since(since)
+    assert [state.site for state in changed] == ["wp.com"]
+    for ledger, holder in ((first, "a"), (second, "b")):
+        ledger.release_all(holder)
+        ledger.close()

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.1  # how often other runs' throttles are looked up: the bound on a pause's spread
 _TURN_S = 0.05  # at most this often a turn: what arrives meanwhile goes in one transaction
 _RETRY_SHORT_S = 0.5  # a site whose budget other runs hold is asked again after this
+_SHARE_CHECK_S = 1.0  # a site held at a fair share is asked again after this (to grow back)
 _CREDIT_S = 1.0  # successes at a lowered budget are reported this often
 _WARN_EVERY_S = 30.0
 
@@ -58,6 +59,7 @@ class SiteBroker:
         self._sequence: dict[str, int] = {}  # the number of the latest want per site
         self._dirty: set[str] = set()  # wants changed since the last sync
         self._retry_at: dict[str, float] = {}  # sites short of what they want: ask again then
+        self._synced_at: dict[str, float] = {}  # when each site was last synced
         self._credits: dict[str, list[int]] = {}  # site -> [successes, budget]
         self._events: list[Throttled] = []  # throttles not written yet
         self._stop = threading.Event()
@@ -228,15 +230,18 @@ class SiteBroker:
                 self._held[site] = count
             else:
                 self._held.pop(site, None)
+            self._synced_at[site] = now
             short = count < self._wanted.get(site, 0)
+            share = shares.get(site)  # others wait: come down to this as requests end
             if short:
                 self._retry_at[site] = now + _RETRY_SHORT_S
+            elif share is not None:  # asked again to grow back when nobody waits any more
+                self._retry_at[site] = now + _SHARE_CHECK_S
             else:
                 self._retry_at.pop(site, None)
             client = self._owner.get(site)
             if client is not None:
                 sequence = self._sequence.get(site, 0)  # the want this answers
-                share = shares.get(site)  # others wait: come down to this as requests end
                 answers.setdefault(client, []).append(Held(site, count, short, sequence, share))
             state = states.get(site)
             if state is not None and (state.pause_left > 0 or state.cap is not None):
@@ -244,9 +249,14 @@ class SiteBroker:
 
     def _poll(self, answers: dict) -> None:
         changed, self._last_change = self._timed(self._ledger.changed_since, self._last_change)
+        now = time.monotonic()
         for state in changed:
-            if state.site in self._owner:
+            site = state.site
+            if site in self._owner:
                 self._tell_state(state, answers)
+            # Another run may wait for a site this one holds: look at the leases again.
+            if site in self._held and now - self._synced_at.get(site, 0.0) >= _RETRY_SHORT_S:
+                self._dirty.add(site)
 
     def _tell_state(self, state: SiteState, answers: dict) -> None:
         client = self._owner.get(state.site)

@@ -63,11 +63,15 @@ class SiteGate:
         """Requests this loop may have in flight to ``site`` now (0 while it is paused).
 
         Never more than it last asked for: what it gives back stops counting at once, before
-        the broker has handed it to other runs; what it asks for counts once granted.
+        the broker has handed it to other runs; what it asks for counts once granted. While
+        other runs wait for the site, no more than the fair share: a slot freed above it is
+        not reused (it goes back when the want shrinks at the end of the loop's turn).
         """
         if self.paused_until.get(site, 0.0) > now:
             return 0
-        return min(self.held.get(site, 0), self.wanted.get(site, 0), self.budget(site))
+        limit = min(self.held.get(site, 0), self.wanted.get(site, 0), self.budget(site))
+        share = self.share.get(site)
+        return limit if share is None else min(limit, share)
 
     def pause_end(self, site: str) -> float:
         return self.paused_until.get(site, 0.0)

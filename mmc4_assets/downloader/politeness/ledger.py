@@ -164,12 +164,13 @@ class SiteLedger:
             held: dict[str, int] = {}
             states: dict[str, SiteState] = {}
             shares: dict[str, int] = {}
-            rows, gone = [], []
+            rows, gone, contended = [], [], []
             expires = now + self.lease_seconds
             for site in sites:
                 wanted, budget = wants[site]
                 state = states[site] = found.get(site) or SiteState(site, now=now)
-                given = grant(state, budget, wanted, mine.get(site, 0), others.get(site, NOBODY))
+                other = others.get(site, NOBODY)
+                given = grant(state, budget, wanted, mine.get(site, 0), other)
                 held[site] = given.connections
                 if given.share is not None:
                     shares[site] = given.share
@@ -177,8 +178,11 @@ class SiteLedger:
                     rows.append((holder, site, given.connections, wanted, expires))
                 elif site in mine:
                     gone.append(site)
+                if given.connections < wanted and other.held:
+                    contended.append(site)
             self._upsert_leases(cursor, rows)
             self._drop(cursor, holder, gone)
+            self._mark_changed(cursor, contended, now)
             if renew:
                 self._renew(cursor, holder, now)
         return held, states, shares
@@ -210,6 +214,17 @@ class SiteLedger:
             for site in held.keys() | contenders.keys()
         }
         return mine, others
+
+    def _mark_changed(self, cursor, sites: list[str], now: float) -> None:
+        """Sites a holder waits for, that others hold: their holders, polling for changed
+        sites, look again at once and learn the fair share (instead of at their next renewal,
+        after which a short run may already have given up)."""
+        if sites:
+            cursor.executemany(
+                f"INSERT INTO mmc4_site_state (site, changed_at) VALUES ({self._marks(2)}) "
+                "ON CONFLICT (site) DO UPDATE SET changed_at = excluded.changed_at",
+                [(site, now) for site in sites],
+            )
 
     def _upsert_leases(self, cursor, rows: list[tuple]) -> None:
         for part in _chunks(rows):
