@@ -67,12 +67,24 @@ class ImageDownloader(dg.ConfigurableResource):
         default=_DEFAULTS.per_site,
         ge=1,
         description="Requests in flight at once to one site (a registrable domain, e.g. wp.com "
-        "for i0..i3.wp.com), counted across every run of the deployment.",
+        "for i0..i3.wp.com), counted across every run of the deployment: where each site's "
+        "learned limit starts (adaptive), or every site's fixed budget (adaptive: false).",
+    )
+    max_per_site: int = Field(
+        default=_DEFAULTS.max_per_site,
+        ge=1,
+        description="The ceiling of every site's learned limit: the most connections any site "
+        "gets from the whole deployment, however fast it answers.",
     )
     site_budgets: dict[str, int] | None = Field(
         default=None,
-        description="Per-site overrides of per_site, e.g. {'wp.com': 16}; unset reads "
-        "MMC4_SITE_BUDGETS ('wp.com=16,example.org=2').",
+        description="Per-site ceilings (adaptive) or fixed budgets, e.g. {'wp.com': 16}; unset "
+        "reads MMC4_SITE_BUDGETS ('wp.com=16,example.org=2').",
+    )
+    adaptive: bool = Field(
+        default=_DEFAULTS.adaptive,
+        description="Learn each site's limit from its answers (latency, errors, throttles); "
+        "false: fixed budgets (per_site, site_budgets).",
     )
     respect_robots_txt: bool = Field(
         default=_DEFAULTS.respect_robots_txt,
@@ -143,7 +155,9 @@ class ImageDownloader(dg.ConfigurableResource):
         return DownloadSettings(
             max_concurrency=self.max_concurrency,
             per_site=self.per_site,
+            max_per_site=self.max_per_site,
             site_budgets=tuple(sorted(self.budgets().items())),
+            adaptive=self.adaptive,
             ledger_url=ledger_url,
             site_lease_seconds=self.site_lease_seconds,
             respect_robots_txt=self.respect_robots_txt,

@@ -63,6 +63,22 @@ def _hosts_table(summary: dict) -> str:
     return "| host | failures |\n|---|---|\n" + "\n".join(f"| {h} | {n} |" for h, n in hosts)
 
 
+def _site_limits_table(rows: list[dict]) -> dg.MetadataValue:
+    """The busiest sites' learned limits: what each allowed, and how fast it answered."""
+    if not rows:
+        return dg.MetadataValue.md("no adaptive site answered enough to learn from")
+    lines = [
+        "| site | bodies | limit reached | limit at end | unloaded ms | loaded ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['site']} | {row['bodies']} | {row['limit_reached']} | "
+            f"{row['limit_at_end']} | {row['unloaded_ms']} | {row['loaded_ms']} |"
+        )
+    return dg.MetadataValue.md("\n".join(lines))
+
+
 def _or_minus_one(value: float | None) -> float:
     return -1.0 if value is None else value
 
@@ -85,6 +101,7 @@ def _images_metadata(
         "wall_seconds": rounded(wall),
         "folder": folder,
         **{name: int(politeness.get(name, 0)) for name in POLITENESS_COUNTERS},
+        "site_limits": _site_limits_table(politeness.get("site_limits", [])),
     }
 
 
@@ -94,6 +111,7 @@ def _report_metadata(
     staleness: StalenessPolicy,
     store: DataStore,
     shard: int,
+    site_limits: list[dict],
 ) -> dict:
     folder = layout.images_folder(shard)
     earliest_retryable_at, oldest_ok_at = stale_clocks(table)
@@ -122,6 +140,7 @@ def _report_metadata(
         "images_stamp": dg.MetadataValue.float(_or_minus_one(store.stamp(folder))),
         "parquet": stored_at(store, layout.status_parquet(shard)),
         "tsv": stored_at(store, layout.status_tsv(shard)),
+        "site_limits": _site_limits_table(site_limits),
     }
 
 
@@ -244,7 +263,9 @@ def _download_shard(
         partition_key=key,
     )
     context.add_asset_metadata(
-        _report_metadata(table, summary, staleness, store, shard),
+        _report_metadata(
+            table, summary, staleness, store, shard, politeness.get("site_limits", [])
+        ),
         asset_key=STATUS_REPORT,
         partition_key=key,
     )

@@ -15,9 +15,15 @@ class DownloadSettings:
     # having many, memory is bounded by max_bytes_in_flight, CPU by decode_workers.
     max_concurrency: int = 256
     # Requests in flight to one site (a registrable domain: every host name under it) across
-    # every run sharing ``ledger_url``; ``site_budgets`` overrides it per site.
-    per_site: int = 8
+    # every run sharing ``ledger_url``. Adaptive: each site's limit is learned from its answers
+    # (politeness/capacity.py), starting at ``per_site``, never above ``max_per_site`` or the
+    # site's entry in ``site_budgets`` (its ceiling). Not adaptive: ``per_site`` and
+    # ``site_budgets`` are fixed budgets. The start is low because a small server that serves
+    # 2 at once sheds requests past 4 (docs/politeness.md).
+    per_site: int = 4
+    max_per_site: int = 64
     site_budgets: tuple[tuple[str, int], ...] = ()
+    adaptive: bool = True
     # Where the runs of a deployment share site budgets and throttle state: "postgresql://…"
     # (the instance's database), "sqlite:///path" (one machine), None (this run only).
     ledger_url: str | None = None

@@ -20,6 +20,7 @@ SETTINGS = DownloadSettings(
     backoff_base=0.05,
     backoff_max=0.1,
     per_site=2,
+    adaptive=False,
     breaker_failures=3,
     respect_robots_txt=False,  # the breaker itself (test_robots.py: hosts whose robots.txt fails)
 )

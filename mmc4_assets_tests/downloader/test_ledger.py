@@ -34,7 +34,7 @@ def test_holders_racing_for_a_site_never_hold_more_than_its_budget(ledger_url):
     def grab(number: int) -> None:
         start.wait()
         for _ in range(5):  # each asks again and again, as a starved run does
-            held, _, _ = holders[number].sync(f"h{number}", {"wp.com": (8, 8)})
+            held, _, _, _ = holders[number].sync(f"h{number}", {"wp.com": (8, 8)})
             got[number] = held["wp.com"]
 
     threads = [threading.Thread(target=grab, args=(n,)) for n in range(len(holders))]
@@ -46,7 +46,7 @@ def test_holders_racing_for_a_site_never_hold_more_than_its_budget(ledger_url):
     owner = next(n for n, count in got.items() if count)
     holders[owner].sync(f"h{owner}", {"wp.com": (got[owner] - 1, 8)})  # gives one back
     others = [n for n in range(len(holders)) if n != owner]
-    held, _, _ = holders[others[0]].sync(f"h{others[0]}", {"wp.com": (8, 8)})
+    held, _, _, _ = holders[others[0]].sync(f"h{others[0]}", {"wp.com": (8, 8)})
     assert held["wp.com"] == got[others[0]] + 1 and held_now(ledger_url, "wp.com") == 8
     for ledger in holders:
         ledger.close()
@@ -74,13 +74,15 @@ def test_throttling_pauses_the_site_and_repeats_halve_its_budget(ledger_url):
     same = ledger.throttle("cdn.net", budget=8, retry_after=None, started_ago=5.0, **BACKOFF)
     assert same.strikes == 1 and same.cap is None
     other = SiteLedger.open(ledger_url)
-    granted, states, _ = other.sync("b", {"cdn.net": (1, 8)})
+    granted, states, _, _ = other.sync("b", {"cdn.net": (1, 8)})
     assert granted == {"cdn.net": 0} and states["cdn.net"].pause_left > 0  # none while paused
     time.sleep(first.pause_left + 0.05)
     repeat = ledger.throttle("cdn.net", budget=8, retry_after=None, started_ago=0.0, **BACKOFF)
     assert repeat.strikes == 2 and repeat.cap == 4 and 0.6 < repeat.pause_left <= 0.801
     assert repeat.budget(8) == 4
-    held, states, _ = ledger.sync("a", {"cdn.net": (8, 8)}, renew=True)  # shrinks to the new budget
+    held, states, _, _ = ledger.sync(
+        "a", {"cdn.net": (8, 8)}, renew=True
+    )  # shrinks to the new budget
     assert held == {"cdn.net": 4} and states["cdn.net"].cap == 4
     # A late answer of that episode may lengthen the pause to its Retry-After, capped.
     capped = ledger.throttle(
@@ -145,15 +147,15 @@ def test_a_run_waiting_for_a_site_gets_a_fair_share_as_the_others_give_back(ledg
     share once another waits, and what it gives back goes to the one waiting."""
     first, second = SiteLedger.open(ledger_url), SiteLedger.open(ledger_url)
     assert first.sync("a", {"wp.com": (8, 8)})[0] == {"wp.com": 8}
-    held, _, shares = second.sync("b", {"wp.com": (8, 8)})
+    held, _, shares, _ = second.sync("b", {"wp.com": (8, 8)})
     assert held == {"wp.com": 0} and shares == {}  # it waits (a row at 0 says so)
-    held, _, shares = first.sync("a", {"wp.com": (8, 8)}, renew=True)
+    held, _, shares, _ = first.sync("a", {"wp.com": (8, 8)}, renew=True)
     assert held == {"wp.com": 8} and shares == {"wp.com": 4}  # keeps what is in use
     first.sync("a", {"wp.com": (4, 8)}, fewer={"wp.com": 4})  # its requests ended: 4 back
-    held, _, _ = second.sync("b", {"wp.com": (8, 8)})
+    held, _, _, _ = second.sync("b", {"wp.com": (8, 8)})
     assert held == {"wp.com": 4} and held_now(ledger_url, "wp.com") == 8
     # Neither grows past the budget; the one still short keeps asking.
-    held, _, shares = first.sync("a", {"wp.com": (8, 8)})
+    held, _, shares, _ = first.sync("a", {"wp.com": (8, 8)})
     assert held == {"wp.com": 4} and shares == {"wp.com": 4}
     for ledger, holder in ((first, "a"), (second, "b")):
         ledger.release_all(holder)

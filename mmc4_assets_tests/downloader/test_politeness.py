@@ -33,6 +33,7 @@ BASE_SETTINGS = {
     "backoff_base": 0.2,
     "backoff_max": 0.5,
     "fetch_processes": 1,
+    "adaptive": False,  # the fixed budgets' guarantees; learned limits: test_capacity_web.py
 }
 
 

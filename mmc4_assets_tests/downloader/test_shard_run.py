@@ -31,6 +31,7 @@ SETTINGS = DownloadSettings(
     max_bytes=2_000_000,
     max_concurrency=16,
     per_site=8,
+    adaptive=False,  # fixed budgets here; the learned limits: test_capacity_web.py
 )
 BIG = image_bytes(2000, 1000)
 SMALL = image_bytes(500, 300)

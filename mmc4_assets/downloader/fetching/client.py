@@ -69,6 +69,9 @@ class FetchResult:
     answered: bool = field(default=False, repr=False)
     # A failure that speaks for the host as a whole (see breaker.HOST_FAILURES), else None.
     host_failure: str | None = field(default=None, repr=False)
+    # Seconds from the request's headers sent to the response's head received (the last hop's):
+    # how long the server took, without name lookup, connection or body transfer.
+    head_seconds: float | None = field(default=None, repr=False)
 
     @property
     def retryable(self) -> bool:
@@ -135,8 +138,12 @@ class HttpClient:
             ssl=self._tls,
             keepalive_timeout=_KEEPALIVE_SECONDS,
         )
+        # When each request's headers went out: the start of its time to the response head.
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_headers_sent)
         self._session = aiohttp.ClientSession(
             connector=connector,
+            trace_configs=[trace],
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout
             ),
@@ -229,6 +236,7 @@ class HttpClient:
             meter.release(state.metered)  # bytes of a body we did not keep (cut, over the cap)
         result.final_url = result.final_url or state.url
         result.answered = state.answered
+        result.head_seconds = state.head_seconds
         return result
 
     async def _follow(self, url, headers, state, meter, body, allow_hop) -> FetchResult:
@@ -269,10 +277,17 @@ class HttpClient:
         max_bytes = rules.max_bytes or s.max_bytes
         check_literal(urlsplit(url).hostname or "", self.policy)
         assert self._session is not None, "use HttpClient as an async context manager"
+        state.sent_at = None
         async with self._session.get(
-            URL(url), headers=headers, allow_redirects=False, max_redirects=0
+            URL(url),
+            headers=headers,
+            allow_redirects=False,
+            max_redirects=0,
+            trace_request_ctx=state,
         ) as response:
             state.answered = True
+            if state.sent_at is not None:
+                state.head_seconds = asyncio.get_running_loop().time() - state.sent_at
             status = response.status
             head = response.headers
             etag = head.get("ETag")
@@ -350,12 +365,20 @@ _ROBOTS_BODY = _BodyRules(
 
 
 class _AttemptState:
-    __slots__ = ("answered", "url", "metered")
+    __slots__ = ("answered", "url", "metered", "sent_at", "head_seconds")
 
     def __init__(self) -> None:
         self.answered = False
         self.url: str | None = None
         self.metered = 0
+        self.sent_at: float | None = None
+        self.head_seconds: float | None = None
+
+
+async def _headers_sent(session, context, params) -> None:
+    state = context.trace_request_ctx
+    if isinstance(state, _AttemptState):
+        state.sent_at = asyncio.get_running_loop().time()
 
 
 def retry_delay(

@@ -19,8 +19,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .capacity import Observation, SiteLimit
 from .ledger import LedgerUnavailable, SiteLedger
-from .messages import Held, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
+from .messages import Held, Observed, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
 from .rules import SiteState
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ _TURN_S = 0.05  # at most this often a turn: what arrives meanwhile goes in one 
 _RETRY_SHORT_S = 0.5  # a site whose budget other runs hold is asked again after this
 _SHARE_CHECK_S = 1.0  # a site held at a fair share is asked again after this (to grow back)
 _CREDIT_S = 1.0  # successes at a lowered budget are reported this often
+_OBSERVE_S = 1.0  # what the loops saw of adaptive sites goes to the ledger this often
+_RETRY_LIMITED_S = 2.0  # a site held at its own limit is asked again after this
 _WARN_EVERY_S = 30.0
 
 
@@ -56,6 +59,10 @@ class SiteBroker:
         self._wanted: dict[str, int] = {}
         self._held: dict[str, int] = {}
         self._budget: dict[str, int] = {}  # configured budget per site, from the wants
+        self._start: dict[str, int | None] = {}  # where adaptive sites' limits start
+        self._seen: dict[str, tuple[Observation, int, int]] = {}  # observations not written
+        self.limits: dict[str, SiteLimit] = {}  # what this run learned of each site's limit
+        self.bodies: dict[str, int] = {}  # bodies observed per site (which sites were busiest)
         self._sequence: dict[str, int] = {}  # the number of the latest want per site
         self._dirty: set[str] = set()  # wants changed since the last sync
         self._retry_at: dict[str, float] = {}  # sites short of what they want: ask again then
@@ -64,7 +71,7 @@ class SiteBroker:
         self._events: list[Throttled] = []  # throttles not written yet
         self._stop = threading.Event()
         self._last_change: float | None = None
-        self._next_poll = self._next_renew = self._next_credit = 0.0
+        self._next_poll = self._next_renew = self._next_credit = self._next_observe = 0.0
         self._down_since: float | None = None
         self._warned_at = 0.0
         self.stats = {"ledger_transactions": 0, "ledger_seconds": 0.0, "ledger_errors": 0}
@@ -82,6 +89,24 @@ class SiteBroker:
     def submit(self, client: int, messages: list[ToBroker]) -> None:
         """Messages from a fetch loop (any thread)."""
         self._inbox.put((client, messages))
+
+    def busiest(self, count: int = 10) -> list[dict]:
+        """What this run learned of the limits of its busiest adaptive sites (by bodies)."""
+        rows = []
+        for site in sorted(self.limits, key=lambda site: -self.bodies.get(site, 0))[:count]:
+            limit = self.limits[site]
+            ceiling = self._budget.get(site, int(limit.peak))
+            rows.append(
+                {
+                    "site": site,
+                    "bodies": self.bodies.get(site, 0),
+                    "limit_reached": max(1, min(ceiling, int(limit.peak))),
+                    "limit_at_end": limit.allowed(ceiling),
+                    "unloaded_ms": round(1000 * (limit.unloaded or 0.0)),
+                    "loaded_ms": round(1000 * (limit.loaded or 0.0)),
+                }
+            )
+        return rows
 
     def close(self) -> None:
         """Give back every lease of the run and stop."""
@@ -170,6 +195,9 @@ class SiteBroker:
         if now >= self._next_poll:
             self._next_poll = now + _POLL_S
             self._poll(answers)
+        if now >= self._next_observe and self._seen:
+            self._next_observe = now + _OBSERVE_S
+            self._write_observations()
         if now >= self._next_credit and self._credits:
             self._next_credit = now + _CREDIT_S
             credits, self._credits = self._credits, {}
@@ -181,6 +209,7 @@ class SiteBroker:
         if isinstance(message, Want):
             self._owner[site] = client
             self._budget[site], self._sequence[site] = message.budget, message.sequence
+            self._start[site] = message.start
             if message.total:
                 self._wanted[site] = message.total
             else:
@@ -192,6 +221,15 @@ class SiteBroker:
         elif isinstance(message, Throttled):  # written in this turn, kept until it is
             self._owner.setdefault(site, client)
             self._events.append(message)
+        elif isinstance(message, Observed):
+            seen = Observation(message.bodies, message.fast, message.median, message.errors)
+            earlier = self._seen.get(site)
+            if earlier is not None:  # two reports in one interval: the larger, errors of both
+                bigger = seen if seen.bodies >= earlier[0].bodies else earlier[0]
+                errors = seen.errors + earlier[0].errors
+                seen = Observation(bigger.bodies, bigger.fast, bigger.median, errors)
+            self._seen[site] = (seen, message.budget, message.start)
+            self.bodies[site] = self.bodies.get(site, 0) + message.bodies
 
     def _write_events(self, answers: dict) -> None:
         while self._events:
@@ -204,9 +242,18 @@ class SiteBroker:
                 started_ago=event.started_ago,
                 backoff_base=self.settings.backoff_base,
                 pause_cap=self.settings.pause_cap,
+                start=event.start,
             )
             self._tell_state(state, answers)
             self._events.pop(0)
+
+    def _write_observations(self) -> None:
+        """The sites' new limits from what the loops saw; the sites this run holds or wants
+        are synced next turn, so their leases follow the limit at once."""
+        seen, self._seen = self._seen, {}
+        limits = self._timed(self._ledger.observe, seen)
+        self.limits.update(limits)
+        self._dirty.update(site for site in limits if site in self._wanted or site in self._held)
 
     def _sync(self, due: set[str], renew: bool, now: float, answers: dict) -> None:
         # Giving back needs no look at other runs' leases; only growing (and a renewal, which
@@ -218,10 +265,11 @@ class SiteBroker:
             if wanted < self._held.get(site, 0) and not renew:
                 fewer[site] = wanted
             elif wanted or site in self._held:
-                wants[site] = (wanted, self._budget.get(site, 1))
-        held, states, shares = self._timed(
-            self._ledger.sync, self.holder, wants, fewer=fewer, renew=renew
-        )
+                start = self._start.get(site)
+                budget = self._budget.get(site, 1)
+                wants[site] = (wanted, budget) if start is None else (wanted, budget, start)
+        synced = self._timed(self._ledger.sync, self.holder, wants, fewer=fewer, renew=renew)
+        held, states, shares = synced.held, synced.states, synced.shares
         held.update(fewer)
         self._dirty.difference_update(due)
         for site in due:
@@ -231,10 +279,13 @@ class SiteBroker:
             else:
                 self._held.pop(site, None)
             self._synced_at[site] = now
-            short = count < self._wanted.get(site, 0)
+            wanted = self._wanted.get(site, 0)
+            short = count < wanted
             share = shares.get(site)  # others wait: come down to this as requests end
-            if short:
+            if count < min(wanted, synced.limits.get(site, wanted)):  # others hold the rest
                 self._retry_at[site] = now + _RETRY_SHORT_S
+            elif short:  # held at the site's own limit: it grows as the site answers
+                self._retry_at[site] = now + _RETRY_LIMITED_S
             elif share is not None:  # asked again to grow back when nobody waits any more
                 self._retry_at[site] = now + _SHARE_CHECK_S
             else:

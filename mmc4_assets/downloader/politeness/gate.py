@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .messages import Held, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
+from .capacity import MIN_SAMPLES
+from .messages import Held, Observed, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
 from .sites import SiteBudgets
 
 FLUSH_S = 0.02  # messages to the broker are coalesced over this long (a throttle goes at once)
+OBSERVE_S = 1.0  # what the loop saw of each adaptive site is reported this often
 
 
 class SiteGate:
@@ -45,6 +47,10 @@ class SiteGate:
         self.budget_now: dict[str, int] = {}
         self.share: dict[str, int] = {}  # fair shares of sites other runs wait for
         self._successes: dict[str, int] = {}
+        self._samples: dict[str, list[float]] = {}  # times to the response head, per site
+        self._errors: dict[str, int] = {}
+        self._first_seen: dict[str, float] = {}  # the oldest answer not reported yet, per site
+        self._observed_at = clock()
         self._outbox: list[ToBroker] = []
         self._urgent = False  # a throttle waits for no coalescing
         self._flushed_at = float("-inf")
@@ -97,7 +103,8 @@ class SiteGate:
             self.wanted.pop(site, None)
             self.starved.discard(site)
         sequence = self._sequence[site] = self._sequence.get(site, 0) + 1
-        self._outbox.append(Want(site, total, self.budgets(site), sequence))
+        budgets = self.budgets
+        self._outbox.append(Want(site, total, budgets(site), sequence, budgets.start(site)))
 
     def in_play(self, site: str) -> bool:
         return site in self.wanted
@@ -110,13 +117,53 @@ class SiteGate:
         now = self.clock()
         guess = retry_after if retry_after is not None else self.backoff_base
         self._pause(site, now + guess)
-        self._outbox.append(Throttled(site, retry_after, started_ago, self.budgets(site)))
+        budgets = self.budgets
+        self._outbox.append(
+            Throttled(site, retry_after, started_ago, budgets(site), budgets.start(site))
+        )
         self._urgent = True
 
     def succeeded(self, site: str) -> None:
         """A body from a site whose budget was lowered: successes earn it back."""
         if site in self.budget_now:
             self._successes[site] = self._successes.get(site, 0) + 1
+
+    def observe(self, site: str, head_seconds: float | None, error: bool) -> None:
+        """One answer of an adaptive site: a body's time to its response head, or an error
+        (5xx, reset, timeout). Other answers (404, a refusal) say nothing of its load."""
+        if not self.budgets.adaptive:
+            return
+        if error:
+            self._errors[site] = self._errors.get(site, 0) + 1
+        elif head_seconds is not None:
+            self._samples.setdefault(site, []).append(head_seconds)
+        else:
+            return
+        self._first_seen.setdefault(site, self.clock())
+
+    def _observations(self, now: float) -> None:
+        """Report what each adaptive site answered, once a second, when there is enough of it
+        to judge (``capacity.MIN_SAMPLES`` bodies, two errors) or it has waited 10 s."""
+        if now - self._observed_at < OBSERVE_S:
+            return
+        self._observed_at = now
+        budgets = self.budgets
+        for site in list(self._samples.keys() | self._errors.keys()):
+            samples = sorted(self._samples.get(site, ()))
+            errors = self._errors.get(site, 0)
+            waited = now - self._first_seen.get(site, now)
+            if len(samples) < MIN_SAMPLES and errors < 2 and waited < 10 * OBSERVE_S:
+                continue
+            fast = samples[len(samples) // 4] if samples else 0.0
+            median = samples[len(samples) // 2] if samples else 0.0
+            self._outbox.append(
+                Observed(
+                    site, len(samples), fast, median, errors, budgets(site), budgets.start(site)
+                )
+            )
+            self._samples.pop(site, None)
+            self._errors.pop(site, None)
+            self._first_seen.pop(site, None)
 
     def _pause(self, site: str, until: float) -> None:
         if until > self.paused_until.get(site, 0.0):
@@ -135,6 +182,7 @@ class SiteGate:
         for site, count in self._successes.items():
             self._outbox.append(Successes(site, count, self.budgets(site)))
         self._successes.clear()
+        self._observations(now)
         if self._outbox:
             outbox, self._outbox = self._outbox, []
             self._flushed_at, self._urgent = now, False
@@ -142,6 +190,11 @@ class SiteGate:
 
     def next_flush(self) -> float | None:
         """When ``flush`` would send what is waiting (None: nothing is)."""
+        if self._samples or self._errors:
+            due = self._observed_at + OBSERVE_S
+            if self._outbox or self._successes:
+                return min(due, self._flushed_at + FLUSH_S)
+            return due
         if not self._outbox and not self._successes:
             return None
         return self._flushed_at + FLUSH_S

@@ -24,7 +24,10 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import NamedTuple
 
+from . import capacity
+from .capacity import Observation, SiteLimit
 from .rules import (
     Others,
     SiteState,
@@ -55,8 +58,45 @@ SCHEMA = (
         credit INTEGER NOT NULL DEFAULT 0,
         changed_at DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS mmc4_site_state_changed ON mmc4_site_state (changed_at)",
+    # Each site's concurrency limit, learned from every run's observations (capacity.py).
+    """CREATE TABLE IF NOT EXISTS mmc4_site_limits (
+        site TEXT PRIMARY KEY,
+        lim DOUBLE PRECISION NOT NULL,
+        unloaded DOUBLE PRECISION,
+        loaded DOUBLE PRECISION,
+        slow_start INTEGER NOT NULL,
+        in_use INTEGER NOT NULL,
+        observed_at DOUBLE PRECISION NOT NULL,
+        peak DOUBLE PRECISION NOT NULL,
+        settling INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS mmc4_site_limits_observed ON mmc4_site_limits (observed_at)",
 )
+_LIMIT_COLUMNS = "site, lim, unloaded, loaded, slow_start, in_use, observed_at, peak, settling"
 _STATE_COLUMNS = "site, paused_until, throttled_at, strikes, cap, credit"
+
+
+def _limit(row) -> SiteLimit:
+    site, limit, unloaded, loaded, slow_start, in_use, observed_at, peak, settling = row
+    return SiteLimit(
+        site,
+        float(limit),
+        unloaded,
+        loaded,
+        bool(slow_start),
+        int(in_use),
+        observed_at,
+        peak,
+        bool(settling),
+    )
+
+
+class Synced(NamedTuple):
+    """What ``sync`` decided, per site of the wants."""
+
+    held: dict[str, int]  # connections the holder holds now
+    states: dict[str, SiteState]
+    shares: dict[str, int]  # fair shares of sites other holders wait for
+    limits: dict[str, int]  # the sites' limits (what all holders together may have)
 
 
 def _state(row, now: float) -> SiteState:
@@ -136,19 +176,20 @@ class SiteLedger:
     def sync(
         self,
         holder: str,
-        wants: Mapping[str, tuple[int, int]],
+        wants: Mapping[str, tuple[int, ...]],
         *,
         fewer: Mapping[str, int] | None = None,
         renew: bool = False,
-    ) -> tuple[dict[str, int], dict[str, SiteState], dict[str, int]]:
-        """Set the holder's connections to each site (``wants``: site -> (wanted, configured
-        budget)) to what ``rules.grant`` gives it; give back what ``fewer`` says (site ->
-        connections to keep, fewer than held: nothing to check); with ``renew``, extend all its
-        leases. One transaction. Returns the connections held per site (``wants``'s), the
-        sites' states, and the fair shares of sites other holders wait for.
+    ) -> Synced:
+        """Set the holder's connections to each site (``wants``: site -> (wanted, ceiling[,
+        start])) to what ``rules.grant`` gives it under the site's limit (``capacity``: learned,
+        between 1 and the ceiling, ``start`` before anything was learned; the ceiling when no
+        start is given); give back what ``fewer`` says (site -> connections to keep, fewer
+        than held: nothing to check); with ``renew``, extend all its leases. One transaction.
 
         A holder that wants more than it got keeps a row (at 0 connections if need be), so the
-        others see it waiting.
+        others see it waiting; one short of what others hold marks the site changed, so they
+        look again at once.
         """
         sites = sorted(wants)
         with self._transaction(write=True) as cursor:
@@ -157,35 +198,128 @@ class SiteLedger:
             if not sites:
                 if renew:
                     self._renew(cursor, holder, now)
-                return {}, {}, {}
+                return Synced({}, {}, {}, {})
             self._lock_sites(cursor, sites)
             found = self._states(cursor, sites, now)
+            learned = self._limits(cursor, sites)
             mine, others = self._leases(cursor, holder, sites, now)
-            held: dict[str, int] = {}
-            states: dict[str, SiteState] = {}
-            shares: dict[str, int] = {}
+            synced = Synced({}, {}, {}, {})
             rows, gone, contended = [], [], []
             expires = now + self.lease_seconds
             for site in sites:
-                wanted, budget = wants[site]
-                state = states[site] = found.get(site) or SiteState(site, now=now)
+                wanted, ceiling, start = _want(wants[site])
+                state = synced.states[site] = found.get(site) or SiteState(site, now=now)
+                limit = capacity.current(learned.get(site), site, start, now).allowed(ceiling)
+                synced.limits[site] = state.budget(limit)
                 other = others.get(site, NOBODY)
-                given = grant(state, budget, wanted, mine.get(site, 0), other)
-                held[site] = given.connections
+                given = grant(state, limit, wanted, mine.get(site, 0), other)
+                synced.held[site] = given.connections
                 if given.share is not None:
-                    shares[site] = given.share
+                    synced.shares[site] = given.share
                 if wanted > 0:  # at 0 connections too: the others see it waiting
                     rows.append((holder, site, given.connections, wanted, expires))
                 elif site in mine:
                     gone.append(site)
-                if given.connections < wanted and other.held:
+                if given.connections < min(wanted, synced.limits[site]) and other.held:
                     contended.append(site)
             self._upsert_leases(cursor, rows)
             self._drop(cursor, holder, gone)
             self._mark_changed(cursor, contended, now)
             if renew:
                 self._renew(cursor, holder, now)
-        return held, states, shares
+        return synced
+
+    def observe(self, seen: Mapping[str, tuple[Observation, int, int]]) -> dict[str, SiteLimit]:
+        """One run's reports (site -> (observation, ceiling, start)): each site's limit after
+        ``capacity.next_limit``, in one transaction. A limit that fell marks its site changed,
+        so every holder comes down to it within a poll; limits unobserved for
+        ``capacity.FORGET_S`` are deleted."""
+        sites = sorted(seen)
+        if not sites:
+            return {}
+        with self._transaction(write=True) as cursor:
+            now = self._now(cursor)
+            self._lock_sites(cursor, sites)
+            learned = self._limits(cursor, sites)
+            leased, wanting = self._demand(cursor, sites, now)
+            out: dict[str, SiteLimit] = {}
+            fell = []
+            for site in sites:
+                observation, ceiling, start = seen[site]
+                before = capacity.current(learned.get(site), site, start, now)
+                in_use = leased.get(site, 0)
+                out[site] = capacity.next_limit(
+                    before,
+                    observation,
+                    ceiling=ceiling,
+                    in_use=in_use,
+                    bottleneck=in_use >= before.allowed(ceiling) and site in wanting,
+                    now=now,
+                )
+                if out[site].allowed(ceiling) < before.allowed(ceiling):
+                    fell.append(site)
+            self._write_limits(cursor, list(out.values()))
+            self._mark_changed(cursor, fell, now)
+            cursor.execute(
+                f"DELETE FROM mmc4_site_limits WHERE observed_at < {self._marker}",
+                [now - capacity.FORGET_S],
+            )
+        return out
+
+    def _limits(self, cursor, sites: list[str]) -> dict[str, SiteLimit]:
+        found: dict[str, SiteLimit] = {}
+        for part in _chunks(sites):
+            cursor.execute(
+                f"SELECT {_LIMIT_COLUMNS} FROM mmc4_site_limits "
+                f"WHERE site IN ({self._marks(len(part))})",
+                part,
+            )
+            for row in cursor.fetchall():
+                found[row[0]] = _limit(row)
+        return found
+
+    def _write_limits(self, cursor, limits: list[SiteLimit]) -> None:
+        for part in _chunks(limits):
+            values = ", ".join(f"({self._marks(9)})" for _ in part)
+            cursor.execute(
+                f"INSERT INTO mmc4_site_limits ({_LIMIT_COLUMNS}) VALUES {values} "
+                "ON CONFLICT (site) DO UPDATE SET lim = excluded.lim, "
+                "unloaded = excluded.unloaded, loaded = excluded.loaded, "
+                "slow_start = excluded.slow_start, in_use = excluded.in_use, "
+                "observed_at = excluded.observed_at, peak = excluded.peak, "
+                "settling = excluded.settling",
+                [
+                    value
+                    for limit in part
+                    for value in (
+                        limit.site,
+                        limit.limit,
+                        limit.unloaded,
+                        limit.loaded,
+                        int(limit.slow_start),
+                        limit.in_use,
+                        limit.observed_at,
+                        limit.peak,
+                        int(limit.settling),
+                    )
+                ],
+            )
+
+    def _demand(self, cursor, sites: list[str], now: float) -> tuple[Counter[str], set[str]]:
+        """Connections leased per site (every holder), and the sites some holder wants more of."""
+        leased: Counter[str] = Counter()
+        wanting: set[str] = set()
+        for part in _chunks(sites):
+            cursor.execute(
+                "SELECT site, connections, wanted FROM mmc4_site_leases "
+                f"WHERE site IN ({self._marks(len(part))}) AND expires_at > {self._marker}",
+                [*part, now],
+            )
+            for site, connections, wanted in cursor.fetchall():
+                leased[site] += int(connections)
+                if wanted > connections:
+                    wanting.add(site)
+        return leased, wanting
 
     def _leases(
         self, cursor, holder: str, sites: list[str], now: float
@@ -276,19 +410,36 @@ class SiteLedger:
         started_ago: float,
         backoff_base: float,
         pause_cap: float,
+        start: int | None = None,
     ) -> SiteState:
-        """A 429 or 503 from ``site``: its state after ``rules.after_throttle``, for every run."""
-        return self._update_state(
-            site,
-            lambda state: after_throttle(
+        """A 429 or 503 from ``site``: its state after ``rules.after_throttle``, for every run.
+
+        With ``start`` (adaptive limits; ``budget`` is then the ceiling), a new throttling
+        episode also halves the site's learned limit (``capacity.after_throttle``), and a
+        repeat's lowered budget halves what the site had, not the ceiling."""
+
+        def rule(state: SiteState, limit: int) -> SiteState:
+            return after_throttle(
                 state,
-                budget=budget,
+                budget=limit,
                 retry_after=retry_after,
                 started_ago=started_ago,
                 backoff_base=backoff_base,
                 pause_cap=pause_cap,
-            ),
-        )
+            )
+
+        if start is None:
+            return self._update_state(site, lambda state: rule(state, budget))
+        with self._transaction(write=True) as cursor:
+            now = self._now(cursor)
+            self._lock_states(cursor, [site], now)
+            learned = capacity.current(self._limits(cursor, [site]).get(site), site, start, now)
+            state = self._states(cursor, [site], now)[site]
+            new = rule(state, learned.allowed(budget))
+            if new.throttled_at != state.throttled_at:  # a new episode
+                self._write_limits(cursor, [capacity.after_throttle(learned, budget, now)])
+            self._write_state(cursor, new, now)
+            return new
 
     def credit(self, site: str, successes: int, budget: int) -> SiteState:
         """Successes at a lowered budget: the site's state after ``rules.after_successes``."""
@@ -303,14 +454,17 @@ class SiteLedger:
             new = rule(state)
             if new is state:
                 return state
-            cursor.execute(
-                f"UPDATE mmc4_site_state SET paused_until = {self._marker}, "
-                f"throttled_at = {self._marker}, strikes = {self._marker}, cap = {self._marker}, "
-                f"credit = {self._marker}, changed_at = {self._marker} "
-                f"WHERE site = {self._marker}",
-                [new.paused_until, new.throttled_at, new.strikes, new.cap, new.credit, now, site],
-            )
+            self._write_state(cursor, new, now)
             return new
+
+    def _write_state(self, cursor, new: SiteState, now: float) -> None:
+        cursor.execute(
+            f"UPDATE mmc4_site_state SET paused_until = {self._marker}, "
+            f"throttled_at = {self._marker}, strikes = {self._marker}, cap = {self._marker}, "
+            f"credit = {self._marker}, changed_at = {self._marker} "
+            f"WHERE site = {self._marker}",
+            [new.paused_until, new.throttled_at, new.strikes, new.cap, new.credit, now, new.site],
+        )
 
     def changed_since(self, since: float | None) -> tuple[list[SiteState], float]:
         """States changed after ``since`` (database clock; None: in the last second), and the
@@ -324,6 +478,12 @@ class SiteLedger:
                 [start],
             )
             return [_state(row, now) for row in cursor.fetchall()], now
+
+
+def _want(want: tuple[int, ...]) -> tuple[int, int, int]:
+    """(wanted, ceiling, start) of a want; without a start, the ceiling is the fixed budget."""
+    wanted, ceiling = want[0], want[1]
+    return wanted, ceiling, want[2] if len(want) > 2 else ceiling
 
 
 def _chunks(items: list, size: int = _BATCH) -> Iterator[list]:

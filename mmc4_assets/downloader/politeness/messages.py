@@ -17,8 +17,9 @@ class Want(NamedTuple):
 
     site: str
     total: int
-    budget: int  # the site's configured budget
+    budget: int  # the site's ceiling (adaptive) or fixed budget
     sequence: int
+    start: int | None = None  # where the site's learned limit starts (None: not adaptive)
 
 
 class Throttled(NamedTuple):
@@ -28,6 +29,7 @@ class Throttled(NamedTuple):
     retry_after: float | None
     started_ago: float
     budget: int
+    start: int | None = None
 
 
 class Successes(NamedTuple):
@@ -38,7 +40,19 @@ class Successes(NamedTuple):
     budget: int
 
 
-ToBroker = Want | Throttled | Successes
+class Observed(NamedTuple):
+    """What the loop saw of an adaptive site over about a second (``capacity.Observation``)."""
+
+    site: str
+    bodies: int  # answers with a body
+    fast: float  # their lower quartile time to the response head (s)
+    median: float  # their median
+    errors: int  # 5xx other than throttles, resets, timeouts
+    budget: int  # the site's ceiling
+    start: int
+
+
+ToBroker = Want | Throttled | Successes | Observed
 
 # -- broker -> gate ----------------------------------------------------------------------------
 

@@ -44,12 +44,27 @@ def site_of(host: str) -> str:
 
 
 class SiteBudgets:
-    """Connections each site may have open across every run: a default and overrides by site."""
+    """Connections each site may have open across every run.
 
-    def __init__(self, default: int, overrides: Mapping[str, int] | None = None) -> None:
+    Adaptive (the default): each site's limit is learned from its answers (``capacity``),
+    starting at ``default`` (``per_site``) and never above its ceiling: ``ceiling`` for every
+    site, or the site's entry in ``overrides`` (``site_budgets``), which also lowers its start.
+    Not adaptive: ``default`` and ``overrides`` are fixed budgets.
+    """
+
+    def __init__(
+        self,
+        default: int,
+        overrides: Mapping[str, int] | None = None,
+        *,
+        ceiling: int | None = None,
+        adaptive: bool = False,
+    ) -> None:
         if default < 1:
             raise ValueError(f"per_site must be at least 1, not {default}")
         self.default = default
+        self.adaptive = adaptive
+        self.ceiling = max(default, ceiling or default)
         self.overrides: dict[str, int] = {}
         for name, budget in (overrides or {}).items():
             if int(budget) < 1:
@@ -57,7 +72,15 @@ class SiteBudgets:
             self.overrides[site_of(name)] = int(budget)  # "i0.wp.com" means its site, wp.com
 
     def __call__(self, site: str) -> int:
-        return self.overrides.get(site, self.default)
+        """The most connections the site may ever have: its ceiling, or its fixed budget."""
+        fixed = self.ceiling if self.adaptive else self.default
+        return self.overrides.get(site, fixed)
+
+    def start(self, site: str) -> int | None:
+        """The limit before anything is learned (None: not adaptive, the budget is fixed)."""
+        if not self.adaptive:
+            return None
+        return min(self.default, self(site))
 
 
 def parse_site_budgets(text: str) -> dict[str, int]:

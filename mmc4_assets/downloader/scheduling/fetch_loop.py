@@ -158,7 +158,12 @@ class _Session:
         deliver = lambda messages: loop.call_soon_threadsafe(self.gate.receive, messages)  # noqa: E731
         self.gate = SiteGate(
             send=connect(deliver),
-            budgets=SiteBudgets(settings.per_site, dict(settings.site_budgets)),
+            budgets=SiteBudgets(
+                settings.per_site,
+                dict(settings.site_budgets),
+                ceiling=settings.max_per_site,
+                adaptive=settings.adaptive,
+            ),
             backoff_base=settings.backoff_base,
             clock=loop.time,
             on_change=self.wake.set,

@@ -139,8 +139,10 @@ class Requests:
             self.breaker.record_failure(host, result.host_failure, result.outcome, result.error)
         if result.http_status in THROTTLE_STATUSES:
             self.gate.throttled(site, result.retry_after, self.loop.time() - started)
-        elif result.outcome is None:
+            return
+        if result.outcome is None:
             self.gate.succeeded(site)
+        self.gate.observe(site, result.head_seconds, _site_error(result))
 
     async def robots(self, origin: str, site: str, host: str, slot: bool = True) -> None:
         """Fetch ``origin``'s robots.txt (in a slot of its site, unless for a redirect), then
@@ -183,3 +185,13 @@ class Requests:
                 rules.fetches[origin] = task
             await asyncio.shield(task)
         return rules.hop_refusal(url, origin)
+
+
+def _site_error(result: FetchResult) -> bool:
+    """An answer that says the site is in trouble: a 5xx (not a throttle), a timeout, or a
+    connection that failed for a reason that may pass (not a name or certificate error)."""
+    if result.http_status is not None:
+        return result.http_status >= 500
+    return result.outcome == "timeout" or (
+        result.outcome == "connection_error" and not result.final
+    )

@@ -70,7 +70,8 @@ def download_shard(
     Politeness: every site's slots come from the ledger at ``settings.ledger_url`` (shared with
     every run that names it), robots.txt entries from ``robots_store`` (default: the data
     folder). ``stats``, when given, receives what politeness did (robots.txt fetched and cached,
-    throttles, the ledger's cost).
+    throttles, the ledger's cost) and, under ``site_limits``, the learned limits of the busiest
+    sites (``SiteBroker.busiest``).
     """
     tls_context(settings.ca_bundle)  # an unusable CA bundle stops the run before any work
     tune_memory()
@@ -84,6 +85,7 @@ def download_shard(
     if stats is not None:
         stats.update(dict.fromkeys(COUNTERS, 0))
         stats.update(run.politeness)
+        stats["site_limits"] = run.site_limits
     return table
 
 
@@ -95,6 +97,7 @@ class _ShardRun(FetchLoop):
         self.held: Mapping[str, int] | None = None  # stored objects, when not on this disk
         self.robots: RobotsCache | None = None
         self.rows: list[tuple | None] = []
+        self.site_limits: list[dict] = []  # the busiest sites' learned limits (run metadata)
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -184,6 +187,7 @@ class _ShardRun(FetchLoop):
             self.politeness["ledger_transactions"] += broker.stats["ledger_transactions"]
             self.politeness["ledger_ms"] += round(1000 * broker.stats["ledger_seconds"])
             self.politeness["ledger_errors"] += broker.stats["ledger_errors"]
+            self.site_limits = broker.busiest()
             if self.robots is not None and self.robots_fetched:
                 self.robots.save(self.robots_fetched)
 

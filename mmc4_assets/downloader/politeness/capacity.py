@@ -1,0 +1,153 @@
+"""Each site's concurrency limit, found from its own answers: pure functions, no database.
+
+A site's limit is the deployment's (the ledger keeps it next to the leases and pauses); every run
+reports what it saw there about once a second (``Observation``), and ``next_limit`` turns the
+site's limit and the report into the next limit. The idea is Vegas's, in ratios: a site that
+answers as fast as when it was unloaded has room; one whose answers take longer because we send
+more is queueing our requests (its visitors' too), and the number it can serve at full speed is
+about what we have in flight times unloaded / loaded latency.
+
+- **Latency** is the time to the response head of bodies received (not the body's transfer,
+  which depends on its size; not DNS or connection set-up). A report gives its median (robust to
+  a few slow answers) and its lower quartile.
+- **Unloaded latency** starts at the first report's lower quartile (a server that queues still
+  answers the first requests of a burst at once) and then follows the lowest median seen. When a
+  cut in load did not bring the latency down, the latency is not ours to fix (a slower server, or
+  noise): the estimate moves up to it instead of cutting again, so noise cannot collapse a limit.
+- **Grow** while the median is within ``HEADROOM`` of unloaded and the site is the bottleneck
+  (every connection of its limit leased, some run wanting more): doubling per report at first
+  (slow start), then by a tenth. A site with a handful of images never wants more than it has
+  and is never probed.
+- **Shrink** when the median passes ``TOLERANCE`` times unloaded: to the estimated capacity plus
+  the headroom, never below half at once; when a tenth of the answers are errors (5xx, resets,
+  timeouts): by 30%; on a throttle (429/503): by half. Fast errors are no reason to grow: only
+  bodies count as samples.
+- **Bounds**: never below 1 nor above the ceiling. A site left alone for a minute decays toward
+  the start value (a run killed mid-probe leaves no inflated limit), and after ten minutes it is
+  forgotten.
+
+Why not the others: AIMD on errors alone learns only by hurting the site (it grows until 503s);
+Gradient2's long/short average absorbs a sustained queue into its baseline; Scrapy's
+AutoThrottle sets a delay per request, not a shared concurrency; Heritrix's 5x-the-last-fetch is
+a single-connection politeness rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+TOLERANCE = 1.25  # median over unloaded past which the site is queueing: shrink
+HEADROOM = 1.1  # median over unloaded under which the site has room: grow
+MIN_SAMPLES = 5  # bodies a report needs for its latency to count (the gate waits for them)
+RELIABLE_SAMPLES = 10  # bodies a report needs to lower the unloaded estimate
+ERROR_SHARE = 0.1  # errors among the answers past which the site is shrunk
+IDLE_GRACE_S = 60.0  # a site unobserved this long decays toward the start value
+IDLE_HALF_LIFE_S = 60.0
+FORGET_S = 600.0  # a site unobserved this long starts over
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one run saw of one site over about a second."""
+
+    bodies: int  # answers with a body: the latency samples
+    fast: float  # their lower quartile time to the response head (s)
+    median: float  # their median time to the response head (s)
+    errors: int = 0  # 5xx answers other than throttles, resets, timeouts
+
+
+@dataclass(frozen=True)
+class SiteLimit:
+    """A site's concurrency limit and what it was learned from (database clock)."""
+
+    site: str
+    limit: float
+    unloaded: float | None = None  # seconds to the response head with room to spare
+    loaded: float | None = None  # the latest median
+    slow_start: bool = True
+    in_use: int = 0  # connections leased when the latest report came
+    observed_at: float = 0.0
+    peak: float = 0.0  # the highest limit it reached
+    # The limit changed since the last report: the next one mixes the old load and the new
+    # (its answers were sent under both), so it only updates the estimates.
+    settling: bool = False
+
+    def allowed(self, ceiling: int) -> int:
+        """Connections the site may have now."""
+        return max(1, min(ceiling, int(self.limit)))
+
+
+def fresh(site: str, start: int, now: float) -> SiteLimit:
+    return SiteLimit(site, float(start), observed_at=now, peak=float(start))
+
+
+def current(limit: SiteLimit | None, site: str, start: int, now: float) -> SiteLimit:
+    """The site's limit as of ``now``: idle decay applied (toward ``start``), or a fresh one."""
+    if limit is None or now - limit.observed_at >= FORGET_S:
+        return fresh(site, start, now)
+    idle = now - limit.observed_at
+    if idle <= IDLE_GRACE_S or limit.limit <= start:
+        return limit
+    kept = 0.5 ** ((idle - IDLE_GRACE_S) / IDLE_HALF_LIFE_S)
+    return dataclasses.replace(limit, limit=start + (limit.limit - start) * kept)
+
+
+def next_limit(
+    limit: SiteLimit,
+    seen: Observation,
+    *,
+    ceiling: int,
+    in_use: int,
+    bottleneck: bool,
+    now: float,
+) -> SiteLimit:
+    """The site's limit after one run's report ``seen``; ``in_use`` connections of it are
+    leased now, and ``bottleneck`` says whether all of its limit is leased with runs wanting
+    more. ``limit`` is the site's current limit (``current``)."""
+    new = dataclasses.replace(limit, observed_at=now, in_use=in_use, settling=False)
+    answers = seen.bodies + seen.errors
+    if seen.errors and seen.errors >= max(2, ERROR_SHARE * answers):
+        return _set(new, new.limit * 0.7, ceiling, slow_start=False)
+    if seen.bodies < MIN_SAMPLES:
+        return new
+    if limit.settling:  # the load and latency before the change stay the reference
+        unloaded = limit.unloaded if limit.unloaded is not None else seen.fast
+        return dataclasses.replace(new, unloaded=unloaded, in_use=limit.in_use)
+    unloaded, slow_start = limit.unloaded, new.slow_start
+    if unloaded is None:
+        unloaded = seen.fast  # the first answers of a burst found the site idle
+    elif seen.median < unloaded and seen.bodies >= RELIABLE_SAMPLES:
+        unloaded = seen.median
+    ratio = seen.median / unloaded if unloaded > 0 else 1.0
+    load_fell = limit.in_use and in_use * 1.2 <= limit.in_use
+    if ratio > TOLERANCE and load_fell and limit.loaded and seen.median >= 0.9 * limit.loaded:
+        # Less load did not bring the latency down: it is not queueing for us (noise, or a
+        # slower site). Take it as the site's unloaded latency and grow back quickly.
+        unloaded, ratio, slow_start = seen.median, 1.0, True
+    new = dataclasses.replace(new, unloaded=unloaded, loaded=seen.median, slow_start=slow_start)
+    if ratio > TOLERANCE and in_use > 2:
+        capacity = max(1, min(in_use, new.limit)) / ratio
+        target = max(new.limit * 0.5, min(new.limit, capacity * HEADROOM))
+        return _set(new, target, ceiling, slow_start=False)
+    if ratio < HEADROOM and bottleneck:
+        grown = new.limit * 2 if new.slow_start else new.limit + max(1.0, new.limit * 0.1)
+        return _set(new, grown, ceiling, slow_start=new.slow_start)
+    return new
+
+
+def after_throttle(limit: SiteLimit, ceiling: int, now: float) -> SiteLimit:
+    """A new throttling episode (429/503) halves the site's limit."""
+    return _set(dataclasses.replace(limit, observed_at=now), limit.limit * 0.5, ceiling, False)
+
+
+def _set(limit: SiteLimit, value: float, ceiling: int, slow_start: bool) -> SiteLimit:
+    value = max(1.0, min(float(ceiling), value))
+    changed = int(value) != int(limit.limit)
+    return dataclasses.replace(
+        limit,
+        limit=value,
+        slow_start=slow_start,
+        peak=max(limit.peak, value),
+        settling=limit.settling or changed,
+    )

@@ -1,0 +1,130 @@
+"""The per-site limit controller, without a database or a network: a simulated site answers."""
+
+from __future__ import annotations
+
+import random
+
+from mmc4_assets.downloader.politeness import capacity
+from mmc4_assets.downloader.politeness.capacity import Observation, current, fresh, next_limit
+
+BASE = 0.5  # a site's unloaded latency
+
+
+def queueing_site(capacity_: int, in_flight: int, noise: float = 0.0, rng=None) -> Observation:
+    """A second of answers from a site that serves ``capacity_`` at once: beyond it requests
+    queue (Little's law: latency = in flight / throughput)."""
+    rng = rng or random.Random(0)
+    latency = BASE * max(1.0, in_flight / capacity_)
+    samples = sorted(
+        max(0.01, latency * (1 + rng.uniform(-noise, noise))) for _ in range(max(5, 2 * in_flight))
+    )
+    # The first requests of a burst find a free worker: the lower quartile is near BASE.
+    fast = (
+        BASE * (1 + rng.uniform(-noise, noise))
+        if in_flight > capacity_
+        else samples[len(samples) // 4]
+    )
+    return Observation(len(samples), fast, samples[len(samples) // 2])
+
+
+def run(capacity_: int, *, start: int = 4, ceiling: int = 64, rounds: int = 40, noise=0.0):
+    """The limits a lone run holding all of the site's limit goes through."""
+    rng = random.Random(1)
+    limit = fresh("a.test", start, now=0.0)
+    seen = []
+    for second in range(1, rounds + 1):
+        in_use = limit.allowed(ceiling)
+        report = queueing_site(capacity_, in_use, noise, rng)
+        limit = next_limit(
+            limit, report, ceiling=ceiling, in_use=in_use, bottleneck=True, now=float(second)
+        )
+        seen.append(limit.allowed(ceiling))
+    return seen
+
+
+def test_the_limit_settles_near_the_sites_capacity():
+    for capacity_ in (2, 8, 48):
+        settled = run(capacity_)[-20:]
+        assert capacity_ <= min(settled) and max(settled) <= 1.3 * capacity_ + 1, (
+            capacity_,
+            settled,
+        )
+
+
+def test_a_site_that_never_slows_grows_to_the_ceiling_and_no_further():
+    assert run(10_000, ceiling=64)[-5:] == [64] * 5
+    assert max(run(10_000, ceiling=64)) == 64
+
+
+def test_noisy_latency_does_not_collapse_the_limit():
+    # Latency within +-40% of its mean whatever the load: no queueing to fix.
+    settled = run(10_000, noise=0.4, rounds=60)[-30:]
+    assert sum(settled) / len(settled) >= 32, settled
+
+
+def test_fast_errors_are_no_reason_to_grow():
+    limit = fresh("a.test", 8, now=0.0)
+    for second in range(1, 10):
+        limit = next_limit(
+            limit,
+            Observation(bodies=0, fast=0.0, median=0.0, errors=50),
+            ceiling=64,
+            in_use=8,
+            bottleneck=True,
+            now=float(second),
+        )
+    assert limit.allowed(64) == 1
+    # A 404 is no body and no error: a site answering only those stays where it is.
+    quiet = next_limit(
+        fresh("a.test", 8, 0.0), Observation(0, 0.0, 0.0), ceiling=64, in_use=8,
+        bottleneck=True, now=1.0,
+    )  # fmt: skip
+    assert quiet.allowed(64) == 8
+
+
+def test_a_site_that_is_not_the_bottleneck_is_not_probed():
+    limit = fresh("a.test", 4, now=0.0)
+    for second in range(1, 10):
+        limit = next_limit(
+            limit, Observation(5, BASE, BASE), ceiling=64, in_use=2, bottleneck=False,
+            now=float(second),
+        )  # fmt: skip
+    assert limit.allowed(64) == 4
+
+
+def test_a_site_whose_capacity_drops_is_backed_off_at_the_next_report():
+    limit = fresh("a.test", 4, now=0.0)
+    for second in range(1, 20):
+        in_use = limit.allowed(64)
+        limit = next_limit(
+            limit, queueing_site(48, in_use), ceiling=64, in_use=in_use, bottleneck=True,
+            now=float(second),
+        )  # fmt: skip
+    assert limit.allowed(64) >= 48
+    in_use = limit.allowed(64)
+    limit = next_limit(
+        limit, queueing_site(8, in_use), ceiling=64, in_use=in_use, bottleneck=True, now=20.0
+    )
+    assert limit.allowed(64) <= in_use // 2 + 1  # never more than half at once
+    for second in range(21, 30):
+        in_use = limit.allowed(64)
+        limit = next_limit(
+            limit, queueing_site(8, in_use), ceiling=64, in_use=in_use, bottleneck=True,
+            now=float(second),
+        )  # fmt: skip
+    assert limit.allowed(64) <= 11
+
+
+def test_an_idle_site_decays_toward_its_start_and_is_forgotten():
+    high = capacity.SiteLimit("a.test", 64.0, unloaded=BASE, observed_at=0.0, peak=64.0)
+    assert current(high, "a.test", 4, now=30.0).limit == 64.0
+    later = current(high, "a.test", 4, now=capacity.IDLE_GRACE_S + capacity.IDLE_HALF_LIFE_S)
+    assert later.limit == 4 + 60 / 2
+    gone = current(high, "a.test", 4, now=capacity.FORGET_S + 1)
+    assert gone.limit == 4 and gone.unloaded is None
+
+
+def test_a_throttle_halves_the_limit():
+    limit = capacity.SiteLimit("a.test", 40.0, observed_at=0.0, peak=40.0)
+    assert capacity.after_throttle(limit, 64, now=1.0).allowed(64) == 20
+    assert capacity.after_throttle(fresh("a.test", 1, 0.0), 64, now=1.0).allowed(64) == 1
