@@ -23,7 +23,7 @@ def _env_flag(name: str) -> bool:
 
 
 class CorpusStorage(dg.ConfigurableResource):
-    """The data folder every asset writes under (layout in DESIGN.md): a local path or any
+    """The data folder every asset writes under (layout in docs/contracts.md): a local path or any
     fsspec URL (s3://bucket/prefix, gs://..., file://...)."""
 
     data_dir: str | None = Field(

@@ -1,6 +1,7 @@
 """The commands a user types, run as subprocesses against a real instance and loopback servers.
 
-Each command is tested in the exact words the README and DESIGN.md give, from the project root.
+Each command is tested in the exact words the README and docs/contracts.md give, from the project
+root.
 """
 
 from __future__ import annotations

@@ -11,9 +11,12 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 
 import dagster as dg
+import orjson
 import pytest
 import yaml
 
@@ -182,3 +185,24 @@ def test_the_image_has_what_pip_needs_and_runs_as_a_user(dockerfile):
     readme = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["readme"]
     copied = " ".join(arguments for instruction, arguments in dockerfile if instruction == "COPY")
     assert readme in copied.split()  # setuptools reads it during `pip install .`
+
+
+def test_pilot_site_shares_counts_images_per_site(tmp_path):
+    """deploy/pilot_site_shares.py, as docs/many-machines.md runs it: shares per registrable
+    domain, largest first, with the budget that finishes each in 3 days (~650 x share)."""
+    urls = [*(f"https://i{n % 4}.wp.com/a/{n}.jpg" for n in range(6)), "http://example.org/x.png"]
+    docs = tmp_path / "42.jsonl"
+    docs.write_bytes(
+        orjson.dumps({"image_info": [{"raw_url": url} for url in urls[:4]]})
+        + b"\n"
+        + orjson.dumps({"image_info": [{"raw_url": url} for url in urls[4:]]})
+        + b"\n"
+    )
+    script = DEPLOY / "pilot_site_shares.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(docs)], capture_output=True, text=True, check=True
+    )
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["wp.com", "example.org"]
+    assert lines[0].split()[1] == "85.71%" and lines[0].endswith("budget for 3 days: 557")
+    assert lines[1].endswith("budget for 3 days: 93")

@@ -1,9 +1,10 @@
 """Image-to-sentence reassignment, reproducing mmc4's `compute_assignments.py` choice exactly.
 
-The rule (DESIGN.md): solve a linear assignment with `lapjv` on the negated similarity matrix
-padded to square with the constant 1000; images left without a sentence (more images than
-sentences) take their argmax sentence. `lapjv` is always called, never another solver or a
-shortcut: it works in float32 and breaks ties its own way, and real documents have ties.
+The rule (docs/contracts.md, "The reassignment rule"): solve a linear assignment with `lapjv`
+on the negated similarity matrix padded to square with the constant 1000; images left without a
+sentence (more images than sentences) take their argmax sentence. `lapjv` is always called,
+never another solver or a shortcut: it works in float32 and breaks ties its own way, and real
+documents have ties.
 """
 
 from __future__ import annotations

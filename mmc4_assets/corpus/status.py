@@ -60,7 +60,7 @@ COLUMN_TYPES: dict[str, str] = {
     "last_modified": _STR,
     "fetched_at": "datetime64[us, UTC]",
     "attempts": _INT,
-    # Extras beyond DESIGN.md.
+    # Extras beyond the contract (docs/contracts.md, "The status table").
     "host": _STR,
     "original_width": _INT,
     "original_height": _INT,

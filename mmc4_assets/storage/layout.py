@@ -1,5 +1,5 @@
-"""Relative paths of every output under the data folder (DESIGN.md's layout), as object keys use
-them: a store joins them to its root or its URL."""
+"""Relative paths of every output under the data folder (docs/contracts.md, "Files under the
+data folder"), as object keys use them: a store joins them to its root or its URL."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from mmc4_assets.demo.sample_shard import generate_documents
 
 
 def rule_from_design(similarity: list[list[float]]) -> list[int]:
-    """DESIGN.md's rule, written out plainly: lapjv on -sim padded with 1000, argmax leftovers."""
+    """The reassignment rule of docs/contracts.md, written out plainly: lapjv on -sim padded with
+    1000, argmax leftovers."""
     sim = np.array(similarity)
     n_images, n_sentences = sim.shape
     cost = -sim
