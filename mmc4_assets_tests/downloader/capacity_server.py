@@ -80,11 +80,14 @@ class CapacityServer:
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
-        handler.send_response(status)
-        handler.send_header("Content-Type", "image/jpeg" if status == 200 else "text/plain")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Type", "image/jpeg" if status == 200 else "text/plain")
+            handler.send_header("Content-Length", str(len(body)))
+            handler.end_headers()
+            handler.wfile.write(body)
+        except OSError:  # the client went away (its run ended, or it gave up waiting)
+            handler.close_connection = True
 
     def _sample(self) -> None:
         while not self._stop.wait(0.1):
