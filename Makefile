@@ -68,6 +68,10 @@ $(VENV)/.installed: pyproject.toml $(VENV)/pil-flavour | libmagic $(if $(filter 
 	@# setuptools warns on every editable install of a flat layout; nothing here to act on.
 	CC='$(SIMD_CC)' PYTHONWARNINGS='ignore:Editable installation' \
 	  $(BIN)/pip install -q -e '.[dev,$(PIL_EXTRA)]'
+	@# The editable install maps mmc4_assets alone (what the wheel ships); the checkout itself on
+	@# the venv's path lets the tests, benchmarks, demo and their server processes import
+	@# mmc4_devtools and mmc4_assets_tests from any folder.
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "mmc4_checkout.pth").write_text("$(CURDIR)\n")'
 	$(BIN)/pip install -q --no-deps --upgrade --target $(PILLOW_FALLBACK_DIR) '$(PILLOW_FALLBACK)'
 	touch $@
 
@@ -80,7 +84,7 @@ test-pillow: env
 	PYTHONPATH=$(PILLOW_FALLBACK_DIR) MMC4_EXPECT_PIL=pillow $(BIN)/python -m pytest -q -n 0 $(IMAGING_TESTS)
 
 demo: env
-	$(BIN)/python -m mmc4_assets.demo.run
+	$(BIN)/python -m mmc4_devtools.demo
 
 # The UI and the daemon (schedules, sensors, the run queue) on the same instance.
 ui: env

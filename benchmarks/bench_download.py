@@ -405,7 +405,7 @@ def _ensure_reference() -> None:
 
 def bench_loopback_web(args, work: Path) -> dict[str, tuple[int, dict]]:
     """Ours, img2dataset and the reference on LoopbackWeb (few fast hosts, plain HTTP)."""
-    from mmc4_assets.devtools.loopback_web import LoopbackWeb, build_benchmark_urls, warm_cache
+    from mmc4_devtools.loopback_web import LoopbackWeb, build_benchmark_urls, warm_cache
 
     hosts, images = args.hosts or 8, args.images or 25_000
     threads = args.img2dataset_threads or 64
@@ -470,7 +470,7 @@ def _web_config(args):
     """RealWebConfig from --shape, --ip, --images, --hosts and every --web-set key=value."""
     from dataclasses import fields
 
-    from mmc4_assets.devtools.real_web import OLD_SHAPE, RealWebConfig
+    from mmc4_devtools.real_web import OLD_SHAPE, RealWebConfig
 
     options: dict = dict(OLD_SHAPE) if args.shape == "old" else {}
     if args.ip:
@@ -515,7 +515,7 @@ def img2dataset_trust(web_ca: Path, work: Path, which: str) -> Path:
 
 def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
     """Ours and img2dataset on RealWeb, then ours on the same URLs without latency or faults."""
-    from mmc4_assets.devtools.real_web import RealWeb
+    from mmc4_devtools.real_web import RealWeb
 
     config = _web_config(args)
     threads = args.img2dataset_threads or 256
@@ -694,7 +694,7 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
 def in_namespace(args) -> int:
     """Run this very command again inside a network namespace of its own whose resolv.conf
     names the web's DNS server; remove the namespace when it ends, however it ends."""
-    from mmc4_assets.devtools.netns import NetworkNamespace, available
+    from mmc4_devtools.netns import NetworkNamespace, available
 
     why = available()
     if why:

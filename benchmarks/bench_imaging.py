@@ -288,8 +288,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--pool-size", type=int, default=48, help="the benchmark web's: 48")
     args = parser.parse_args()
-    from mmc4_assets.devtools.real_web import RealWebConfig, write_pool
     from mmc4_assets.downloader.imaging.pil import flavour
+    from mmc4_devtools.real_web import RealWebConfig, write_pool
 
     paths = write_pool(RealWebConfig(pool_size=args.pool_size), POOL)
     bodies = [path.read_bytes() for path in paths]

@@ -27,7 +27,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmc4_assets.demo.sample_shard import generate_documents  # noqa: E402
+from mmc4_devtools.sample_shard import generate_documents  # noqa: E402
 
 REFERENCE_DIR = Path("/work/shared/reference/mmc4_scripts")
 REFERENCE_PYTHON = REPO / ".bench" / "reference" / "bin" / "python"

@@ -56,8 +56,8 @@ def make_shard(work: Path, documents: int, failed_share: float, seed: int) -> di
     import pandas as pd
 
     from mmc4_assets.corpus.status import write_status
-    from mmc4_assets.demo.sample_shard import generate_documents
-    from mmc4_assets.devtools.loopback_web import parse_image_path, warm_cache
+    from mmc4_devtools.loopback_web import parse_image_path, warm_cache
+    from mmc4_devtools.sample_shard import generate_documents
 
     data = work / "data"
     docs = list(generate_documents(documents, seed=seed))

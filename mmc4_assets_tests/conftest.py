@@ -14,9 +14,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mmc4_assets.demo.sample_shard import write_sample_shard
-from mmc4_assets.devtools.loopback_web import LoopbackWeb
 from mmc4_assets_tests.servers.postgres import PostgresHome, PostgresServer
+from mmc4_devtools.loopback_web import LoopbackWeb
+from mmc4_devtools.sample_shard import write_sample_shard
 
 SHARD = 42
 

@@ -27,13 +27,13 @@ from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from PIL import Image
 
 from mmc4_assets.corpus.status import check_status, read_status
-from mmc4_assets.demo.sample_shard import write_sample_shard
-from mmc4_assets.devtools.loopback_web import LoopbackWeb
 from mmc4_assets.downloader import iter_image_refs
 from mmc4_assets.run_health import live_runs
 from mmc4_assets_tests.conftest import SHARD, zip_shard
 from mmc4_assets_tests.instance_files import write_home
 from mmc4_assets_tests.materialize import materialize_shard
+from mmc4_devtools.loopback_web import LoopbackWeb
+from mmc4_devtools.sample_shard import write_sample_shard
 
 BIN = Path(sys.executable).parent
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,6 @@ import dagster as dg
 import pytest
 
 from mmc4_assets.corpus.status import read_status
-from mmc4_assets.demo.sample_shard import write_sample_shard
 from mmc4_assets_tests.conftest import zip_shard
 from mmc4_assets_tests.test_webserver import (
     BIN,
@@ -27,6 +26,7 @@ from mmc4_assets_tests.test_webserver import (
     running_stack,
     wait_for_server,
 )
+from mmc4_devtools.sample_shard import write_sample_shard
 
 DOCS = ["raw_docs", "reassigned_docs"]
 PIPELINE = [*DOCS, "downloaded_images", "status_report"]

@@ -16,7 +16,7 @@ from mmc4_assets.corpus.assignment import (
     reassign_document,
     reassign_shard,
 )
-from mmc4_assets.demo.sample_shard import generate_documents
+from mmc4_devtools.sample_shard import generate_documents
 
 
 def rule_from_design(similarity: list[list[float]]) -> list[int]:

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from mmc4_assets.corpus.docs import ShardFetchError, fetch_shard, validate_document
-from mmc4_assets.demo.sample_shard import generate_documents
 from mmc4_assets_tests.corpus.test_source import broken_sources, serve_folder, write_shard_file
+from mmc4_devtools.sample_shard import generate_documents
 
 
 def doc_lines(n: int, seed: int = 5) -> list[bytes]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from mmc4_assets.corpus.docs import validate_document
-from mmc4_assets.demo.sample_shard import generate_documents, main, write_sample_shard
+from mmc4_devtools.sample_shard import generate_documents, main, write_sample_shard
 
 RAW_URL = re.compile(r"^http://127\.0\.0\.1:8765/img/(\d+)x(\d+)/(\d+)\.(jpg|png)$")
 

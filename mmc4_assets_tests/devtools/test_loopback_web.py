@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from mmc4_assets.devtools.loopback_web import LoopbackWeb, build_benchmark_urls
+from mmc4_devtools.loopback_web import LoopbackWeb, build_benchmark_urls
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import requests
 import urllib3
 from PIL import Image
 
-from mmc4_assets.devtools.real_web import FAULTS, RealWeb, RealWebConfig, make_plan
+from mmc4_devtools.real_web import FAULTS, RealWeb, RealWebConfig, make_plan
 
 SMALL = RealWebConfig(
     images=200,

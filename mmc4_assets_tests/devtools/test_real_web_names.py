@@ -16,15 +16,15 @@ from pathlib import Path
 import protego
 import pytest
 
-from mmc4_assets.devtools import netns
-from mmc4_assets.devtools.dns_server import DnsProcess, NameRecord
-from mmc4_assets.devtools.real_web import (
+from mmc4_devtools import netns
+from mmc4_devtools.dns_server import DnsProcess, NameRecord
+from mmc4_devtools.real_web import (
     DISALLOWED_OUTCOME,
     RealWeb,
     RealWebConfig,
     make_plan,
 )
-from mmc4_assets.devtools.real_web_sites import PRODUCT_TOKEN, site_of
+from mmc4_devtools.real_web_sites import PRODUCT_TOKEN, site_of
 
 needs_netns = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
 

@@ -11,8 +11,13 @@ from email.utils import formatdate
 import pytest
 
 from mmc4_assets.downloader import DownloadSettings
-from mmc4_assets.downloader.fetching.client import ByteMeter, FetchResult, HttpClient
-from mmc4_assets.downloader.fetching.urls import check_url, opted_out, parse_retry_after
+from mmc4_assets.downloader.fetching.client import (
+    ByteMeter,
+    FetchResult,
+    HttpClient,
+    retry_delay,
+)
+from mmc4_assets.downloader.fetching.urls import InvalidUrl, check_url, opted_out, parse_retry_after
 from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, refusing_url, send
 
 FAST = dict(
@@ -26,8 +31,35 @@ FAST = dict(
 )
 
 
+async def fetch_with_retries(
+    client: HttpClient, url: str, *, etag: str | None = None, last_modified: str | None = None
+) -> FetchResult:
+    """One URL, tried until it ends: the product's attempt and retry_delay, the retries waited in
+    place (the shard run requeues the image instead), under the image's total deadline."""
+    try:
+        url = check_url(url)
+    except InvalidUrl as error:
+        return FetchResult("invalid_url", error=str(error), attempts=0)
+    settings = client.settings
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.total_deadline
+    attempt = 0
+    answered = False
+    while True:
+        attempt += 1
+        result = await client.attempt(
+            url, etag=etag, last_modified=last_modified, deadline=deadline
+        )
+        result.attempts = attempt
+        answered = answered or result.answered
+        wait = retry_delay(settings, result, attempt, deadline - loop.time(), answered)
+        if wait is None:
+            return result
+        await asyncio.sleep(wait)
+
+
 class Fetcher:
-    """Runs HttpClient.fetch (retries waited in place) for one URL at a time, from sync tests."""
+    """Runs fetch_with_retries for one URL at a time, from sync tests."""
 
     def __init__(self, settings: DownloadSettings) -> None:
         self.settings = settings
@@ -41,7 +73,7 @@ class Fetcher:
     def fetch(self, url: str, **conditional) -> FetchResult:
         async def run() -> FetchResult:
             async with HttpClient(self.settings) as client:
-                return await client.fetch(url, **conditional)
+                return await fetch_with_retries(client, url, **conditional)
 
         return asyncio.run(run())
 

@@ -1,6 +1,6 @@
 """Names through a real DNS server on loopback, in a network namespace of the test's own (root).
 
-The namespace's resolv.conf names the server (mmc4_assets.devtools.dns_server), so the engine
+The namespace's resolv.conf names the server (mmc4_devtools.dns_server), so the engine
 resolves exactly as on a user's machine (c-ares reads resolv.conf); the images are served inside
 the namespace too, on its own loopback.
 """
@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from mmc4_assets.devtools import netns
-from mmc4_assets.devtools.dns_server import DnsProcess, NameRecord
+from mmc4_devtools import netns
+from mmc4_devtools.dns_server import DnsProcess, NameRecord
 
 pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
 DNS = "127.53.0.7"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from mmc4_assets.downloader.fetching.netguard import (
-    AddressPolicy,
-    BlockedAddress,
-    allowed_addresses,
-)
+from mmc4_assets.downloader.fetching.netguard import AddressPolicy, BlockedAddress, check_literal
+from mmc4_assets.downloader.fetching.resolver import GuardedResolver
 
 
 @pytest.mark.parametrize(
@@ -50,7 +49,31 @@ def test_allowed_networks_exception():
     assert policy.permits("127.0.0.1") and not policy.permits("127.0.0.2")
 
 
+def resolve(host: str, policy: AddressPolicy) -> list:
+    """``host``'s addresses as the HTTP client's connector gets them (GuardedResolver)."""
+
+    async def run() -> list:
+        resolver = GuardedResolver(policy, timeout=2.0)
+        try:
+            return await resolver.resolve(host, 80)
+        finally:
+            await resolver.close()
+
+    return asyncio.run(run())
+
+
 def test_resolution_is_checked():
     with pytest.raises(BlockedAddress):
-        allowed_addresses("localhost", 80, AddressPolicy())
-    assert allowed_addresses("127.0.0.1", 80, AddressPolicy(allow_private=True))
+        resolve("localhost", AddressPolicy())
+    answer = resolve("localhost", AddressPolicy(allow_private=True))
+    assert answer and {entry["host"] for entry in answer} == {"127.0.0.1"}
+
+
+def test_ip_literals_are_checked():
+    """The connector does not resolve IP-literal hosts: the client checks them on every hop."""
+    for host in ("127.0.0.1", "[::1]", "169.254.169.254"):
+        with pytest.raises(BlockedAddress):
+            check_literal(host, AddressPolicy())
+        check_literal(host, AddressPolicy(allow_private=True))
+    check_literal("8.8.8.8", AddressPolicy())
+    check_literal("localhost", AddressPolicy())  # a name: the resolver checks its answers

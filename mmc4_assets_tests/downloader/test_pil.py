@@ -23,9 +23,9 @@ from pathlib import Path
 import PIL
 import pytest
 
-from mmc4_assets.devtools.loopback_web import bomb_png
 from mmc4_assets.downloader.imaging.pil import Image, avif_support, flavour
 from mmc4_assets.downloader.imaging.prepare import ImageRejected, prepare_image
+from mmc4_devtools.loopback_web import bomb_png
 
 ROOT = Path(__file__).resolve().parents[2]
 FALLBACK = Path(sys.prefix) / "pillow-fallback"

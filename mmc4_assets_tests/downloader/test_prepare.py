@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from mmc4_assets.devtools.loopback_web import bomb_png
 from mmc4_assets.downloader.imaging.prepare import ImageRejected, prepare_image, target_size
+from mmc4_devtools.loopback_web import bomb_png
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 from mmc4_assets.corpus.status import check_status, write_status
-from mmc4_assets.devtools.loopback_web import bomb_png
 from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
 from mmc4_assets.downloader.refs import ImageRef
 from mmc4_assets.downloader.scheduling.fetch_loop import FetchLoop
 from mmc4_assets.downloader.storing.store import ImageJob
 from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, send
+from mmc4_devtools.loopback_web import bomb_png
 
 SETTINGS = DownloadSettings(
     allow_private_networks=True,

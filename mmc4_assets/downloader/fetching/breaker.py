@@ -69,6 +69,3 @@ class HostBreaker:
         if state is None or state.reason is None:
             return None
         return state.outcome, state.reason
-
-    def open_hosts(self) -> int:
-        return sum(1 for state in self._hosts.values() if state.reason is not None)

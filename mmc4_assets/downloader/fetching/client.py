@@ -4,8 +4,7 @@ One aiohttp session serves a whole shard run: keep-alive connections per host, D
 for the run (GuardedResolver, which also applies the address policy), TLS verified against
 certifi plus the optional ``ca_bundle``. ``attempt`` makes one try at an image, following up to
 ``max_redirects`` hops, each re-checked; ``retry_delay`` says whether and when to try again; the
-scheduler requeues the image instead of holding a slot while it waits. ``fetch`` is the same
-loop for a single URL.
+scheduler requeues the image instead of holding a slot while it waits.
 
 Time limits: ``connect_timeout`` for the TCP and TLS handshake, ``read_timeout`` for any silence
 from the server (waiting for headers included), and the image's total deadline over everything,
@@ -157,30 +156,6 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def fetch(
-        self, url: str, *, etag: str | None = None, last_modified: str | None = None
-    ) -> FetchResult:
-        """Fetch one URL with retries (waiting in place); the scheduler requeues instead."""
-        try:
-            url = check_url(url)
-        except InvalidUrl as error:
-            return FetchResult("invalid_url", error=str(error), attempts=0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.total_deadline
-        attempt = 0
-        answered = False
-        while True:
-            attempt += 1
-            result = await self.attempt(
-                url, etag=etag, last_modified=last_modified, deadline=deadline
-            )
-            result.attempts = attempt
-            answered = answered or result.answered
-            wait = retry_delay(self.settings, result, attempt, deadline - loop.time(), answered)
-            if wait is None:
-                return result
-            await asyncio.sleep(wait)
 
     async def attempt(
         self,

@@ -10,7 +10,6 @@ included.
 from __future__ import annotations
 
 import ipaddress
-import socket
 
 
 class BlockedAddress(Exception):
@@ -54,20 +53,6 @@ class AddressPolicy:
         except ValueError:
             return False
         return any(ip in network for network in self.allowed_networks)
-
-
-def allowed_addresses(host: str, port: int, policy: AddressPolicy) -> list[tuple]:
-    """Resolve ``host`` (blocking) and keep only the addresses the policy allows.
-
-    Raises BlockedAddress when the name resolves but nothing is allowed; socket.gaierror when it
-    does not resolve.
-    """
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    kept = [info for info in infos if policy.permits(info[4][0])]
-    if not kept:
-        shown = ", ".join(sorted({info[4][0] for info in infos}))
-        raise BlockedAddress(f"{host} resolves to non-public address {shown}")
-    return kept
 
 
 def ip_literal(host: str) -> str | None:

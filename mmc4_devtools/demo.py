@@ -21,12 +21,12 @@ import orjson
 
 from mmc4_assets.corpus.atomic import atomic_write
 from mmc4_assets.corpus.status import read_status, summarize
-from mmc4_assets.demo.sample_shard import generate_documents
-from mmc4_assets.devtools.loopback_web import LoopbackWeb
 from mmc4_assets.training.files import existing_parts, sizes_path
+from mmc4_devtools.loopback_web import LoopbackWeb
+from mmc4_devtools.sample_shard import generate_documents
 
 SHARD = 42
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_PORT = int(os.environ.get("MMC4_DEMO_IMAGE_PORT", "8765"))
 
 

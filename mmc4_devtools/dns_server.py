@@ -41,7 +41,7 @@ from pathlib import Path
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
-from mmc4_assets.devtools.commanded import CommandedProcess, reply, serve_commands
+from mmc4_devtools.commanded import CommandedProcess, reply, serve_commands
 
 FATES = ("ok", "nxdomain", "servfail", "silent")
 DEFAULT_ADDRESS = "127.53.0.1"  # away from the 127.0.0.x other tools use and 127.77/16 hosts
@@ -204,7 +204,7 @@ class DnsProcess:
             *prefix,
             sys.executable,
             "-m",
-            "mmc4_assets.devtools.dns_server",
+            "mmc4_devtools.dns_server",
             self._zone_file.name,
             f"--address={address}",
             f"--port={port}",

@@ -56,10 +56,10 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmc4_assets.devtools.commanded import CommandedProcess, reply, serve_commands
-from mmc4_assets.devtools.dns_server import DnsProcess, NameRecord
-from mmc4_assets.devtools.loopback_web import bomb_png, corrupt_jpeg, render_image
-from mmc4_assets.devtools.real_web_sites import (
+from mmc4_devtools.commanded import CommandedProcess, reply, serve_commands
+from mmc4_devtools.dns_server import DnsProcess, NameRecord
+from mmc4_devtools.loopback_web import bomb_png, corrupt_jpeg, render_image
+from mmc4_devtools.real_web_sites import (
     CDN_NAMES,
     ROBOTS_FILES,
     ROBOTS_HTML,
@@ -1181,7 +1181,7 @@ class RealWeb:
         return [
             sys.executable,
             "-m",
-            "mmc4_assets.devtools.real_web",
+            "mmc4_devtools.real_web",
             "--serve",
             json.dumps(asdict(self.config)),
             str(self.workdir),

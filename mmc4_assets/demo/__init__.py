@@ -1,1 +1,0 @@
-"""Offline demo material: a generated sample shard shaped like real mmc4."""
