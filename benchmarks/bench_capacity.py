@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmc4_assets_tests.downloader.capacity_server import CapacityServer  # noqa: E402
+from mmc4_devtools.capacity_web import CapacityServer  # noqa: E402
 
 CDN_NAMES = [f"cdn{n}.bigcdn.test" for n in range(4)]
 ORDINARY = [f"site{n}.test" for n in range(40)]

@@ -1,4 +1,4 @@
-"""Learned per-site limits against loopback sites that have a capacity (capacity_server.py).
+"""Learned per-site limits against loopback sites that have a capacity (mmc4_devtools.capacity_web).
 
 Each test is one shard run (or three at once) at the product's defaults but for timeouts: the
 site's own answers must bring the limit near what it can serve, in both directions.
@@ -14,7 +14,7 @@ import pytest
 
 from mmc4_assets.downloader import DownloadSettings, download_shard
 from mmc4_assets.downloader.refs import ImageRef
-from mmc4_assets_tests.downloader.capacity_server import CapacityServer
+from mmc4_devtools.capacity_web import CapacityServer
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -13,7 +13,15 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mmc4_assets_tests.downloader.local_server import image_bytes
+
+def _jpeg(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 90)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 class CapacityServer:
@@ -21,7 +29,7 @@ class CapacityServer:
         self.capacity = capacity
         self.base = base
         self.status = status  # what a served request answers (500: a site of fast errors)
-        self.body = image_bytes(64, 48)
+        self.body = _jpeg(64, 48)
         self.in_flight = 0
         self.max_in_flight = 0
         self.busy = 0  # requests being served by a worker
