@@ -19,9 +19,9 @@ from mmc4_assets.resources import (
     StalenessPolicy,
     TrainingShardSettings,
 )
-from mmc4_assets.run_health import RunHealth, dead_runs_sensor
+from mmc4_assets.run_health import RunHealth
 from mmc4_assets.schedules import new_shards_schedule
-from mmc4_assets.sensors import stale_images_sensor
+from mmc4_assets.sensors import dead_runs_sensor, stale_images_sensor
 
 ASSETS = [raw_docs, reassigned_docs, download_images, corpus_summary, training_shards]
 ASSET_CHECKS = [

@@ -1,4 +1,6 @@
-"""The stale-image sensor: finds shards with stale images and re-downloads only those.
+"""The sensors: stale images re-downloaded, dead runs failed.
+
+The stale-image sensor finds shards with stale images and re-downloads only those.
 
 Each tick examines the next chunk of materialized shards (a cursor walks all of them across ticks)
 using only the status_report metadata and one stat() per shard folder (one listing on an object
@@ -17,6 +19,7 @@ import dagster as dg
 
 from mmc4_assets.assets.images import DOWNLOAD_RUN_TAGS, STATUS_REPORT, download_images
 from mmc4_assets.resources import CorpusStorage, StalenessPolicy
+from mmc4_assets.run_health import RunHealth
 from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_due_at
 from mmc4_assets.storage import layout
 
@@ -96,3 +99,19 @@ def stale_images_sensor(
         f"{len(requests)} stale"
     )
     return dg.SensorResult(run_requests=requests, cursor=json.dumps({"last_shard": examined[-1]}))
+
+
+@dg.sensor(
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Fails runs whose worker is gone (killed, out of memory, lost host), so their "
+    "shards and their place in the run queue are released and run retries can take over.",
+)
+def dead_runs_sensor(context: dg.SensorEvaluationContext, run_health: RunHealth):
+    """The run_health rule from the daemon, for dead runs no step of another run comes across."""
+    cleaned = run_health.reap_dead_runs(context.instance, by="dead_runs_sensor")
+    for line in cleaned:
+        context.log.warning(f"failed dead {line}")
+    if cleaned:
+        return dg.SkipReason(f"failed {len(cleaned)} dead run(s): " + "; ".join(cleaned))
+    return dg.SkipReason("no dead runs")

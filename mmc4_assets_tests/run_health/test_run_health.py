@@ -18,10 +18,10 @@ from mmc4_assets.run_health import (
     Machine,
     RunHealth,
     WorkerRecord,
-    dead_runs_sensor,
     live_runs,
     record_key,
 )
+from mmc4_assets.sensors import dead_runs_sensor
 
 OURS = frozenset({dg.AssetKey("downloaded_images"), dg.AssetKey("status_report")})
 
