@@ -463,6 +463,9 @@ def bench_loopback_web(args, work: Path) -> dict[str, tuple[int, dict]]:
 
 FAST = "ours, no latency"
 PER_RUN = "ours, budgets per run"  # the same runs, each keeping its own site budgets
+HAND = "ours, hand budgets"  # fixed budgets: 8 per site, the capacity plan's pilot for the rest
+FIXED = "ours, fixed 8"  # fixed budgets of 8 per site, what the engine did before learned limits
+HAND_BUDGETS = [["wp.com", 32], ["googleusercontent.com", 16]]
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -532,6 +535,8 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
         all_ok = [{**e, "expect": "ok"} for e in entries]
         i2d_ca = img2dataset_trust(web.ca_file, work, args.img2dataset_ca)
         per_run = {**settings, "ledger_url": None}
+        fixed = {**settings, "adaptive": False, "per_site": 8}
+        hand = {**fixed, "site_budgets": HAND_BUDGETS}
         contenders = [
             (
                 "ours",
@@ -545,6 +550,20 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
                 not args.compare_budgets,
                 True,
                 lambda d: run_ours(entries, d, web.ca_file, per_run, args.runs),
+                entries,
+            ),
+            (
+                HAND,
+                not args.compare_hand,
+                True,
+                lambda d: run_ours(entries, d, web.ca_file, hand, args.runs),
+                entries,
+            ),
+            (
+                FIXED,
+                not args.compare_hand,
+                True,
+                lambda d: run_ours(entries, d, web.ca_file, fixed, args.runs),
                 entries,
             ),
             (
@@ -654,6 +673,11 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
         )
     if "ours" in rate and FAST in rate:
         print(f"ours / ours without latency: {rate['ours'] / rate[FAST]:.0%} (goal >= 85%)")
+        for name in (HAND, FIXED):
+            if name in rate:
+                print(f"{name} / ours without latency: {rate[name] / rate[FAST]:.0%}")
+    if "ours" in rate and HAND in rate:
+        print(f"ours (learned limits) / {HAND}: {rate['ours'] / rate[HAND]:.0%} (goal >= 90%)")
     if "ours" in results:
         ours = results["ours"][1]
         print(f"ours peak RSS: {ours['peak_tree_rss_mb']:.0f} MB (goal < 500 MB)")
@@ -667,12 +691,14 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
             f"budgets shared by the {results['ours'][1]['runs']} runs / budgets per run: "
             f"{rate['ours'] / rate[PER_RUN]:.0%} of the images/s"
         )
-    for name in ("ours", PER_RUN):
+    for name in ("ours", PER_RUN, HAND, FIXED):
         if name not in results:
             continue
         r = results[name][1]
         engine = r.get("settings", {})
         budget = engine.get("per_site", engine.get("per_host"))
+        if engine.get("adaptive"):
+            budget = f"learned, from {budget} up to {engine.get('max_per_site')}"
         seen = r["web"]
         politeness = r.get("politeness", {})
         print(
@@ -754,6 +780,12 @@ def main() -> None:
         action="store_true",
         help="ours again with budgets per run (no shared site ledger), side by side; give "
         "--ours-setting ledger_url=shared for the shared one (a fresh SQLite ledger per contender)",
+    )
+    real.add_argument(
+        "--compare-hand",
+        action="store_true",
+        help=f"ours again with fixed budgets, side by side: 8 per site with {HAND_BUDGETS} "
+        "(the capacity plan's hand-set budgets), and 8 per site alone",
     )
     real.add_argument(
         "--ours-setting",

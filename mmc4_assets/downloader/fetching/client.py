@@ -16,6 +16,10 @@ judged later by imaging (``corrupt``). DNS failures and TLS errors are ``connect
 not retried (they do not clear in seconds). A timeout is retried only on a host that has
 answered this run: one that let us wait the full read timeout without a word is left to the
 stale-image sensor. Failures that speak for the whole host (``host_failure``) feed the breaker.
+
+Why one module of ~430 lines: ``attempt`` and the classification of its errors read the same
+attempt state (``_AttemptState``) and must change together; the session's set-up (resolver,
+TLS, timing trace) is the part that could move, but it is what ``attempt`` relies on.
 """
 
 from __future__ import annotations
