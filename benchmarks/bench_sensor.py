@@ -265,6 +265,67 @@ def parts(instance: dg.DagsterInstance, data_dir: Path, chunk: int) -> dict[str,
     return {"latest_storage_ids_s": t_latest, "fetch_records_s": t_fetch, "stat_s": t_stat}
 
 
+def measure(instance, data_dir: Path, keys: list[str], repeat: int) -> None:
+    """Time ticks and full laps at the default and at whole-corpus settings; print the table."""
+    default = StalenessPolicy()
+    whole = StalenessPolicy(shards_per_tick=len(keys))
+    uncapped = StalenessPolicy(shards_per_tick=len(keys), max_runs_per_tick=len(keys))
+    tick(instance, data_dir, default, None)  # warm caches and imports once
+
+    def one(policy: StalenessPolicy) -> Callable[[], tuple[float, int, int]]:
+        def run() -> tuple[float, int, int]:
+            elapsed, result, _ = tick(instance, data_dir, policy, None)
+            return elapsed, runs(result), 1
+
+        return run
+
+    rows = [
+        (
+            "1 tick, default (2000/tick, cap 20)",
+            default,
+            repeated(one(default), repeat),
+        ),
+        (
+            "full lap, default",
+            default,
+            repeated(
+                lambda: full_lap(instance, data_dir, default, len(keys)),
+                max(1, repeat // 2),
+            ),
+        ),
+        (
+            f"1 tick, shards_per_tick={len(keys)}, cap 20",
+            whole,
+            repeated(one(whole), repeat),
+        ),
+        (
+            f"1 tick, shards_per_tick={len(keys)}, no cap",
+            uncapped,
+            repeated(one(uncapped), repeat),
+        ),
+    ]
+    breakdown = parts(instance, data_dir, default.shards_per_tick)
+    breakdown_all = parts(instance, data_dir, len(keys))
+
+    print()
+    print(f"{'case':<44} {'shards':>7} {'ticks':>6} {'min s':>8} {'median s':>9} {'runs':>5}")
+    for name, _, row in rows:
+        print(
+            f"{name:<44} {len(keys):>7} {row['ticks']:>6} {row['min_s']:>8.3f} "
+            f"{row['median_s']:>9.3f} {row['runs']:>5}"
+        )
+    print()
+    for label, values in (
+        ("2000 shards", breakdown),
+        (f"{len(keys)} shards", breakdown_all),
+    ):
+        print(
+            f"parts, {label}: latest_storage_ids {values['latest_storage_ids_s']:.3f}s, "
+            f"fetch_records {values['fetch_records_s']:.3f}s, "
+            f"stat {values['stat_s']:.3f}s"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of each timing")
@@ -298,71 +359,18 @@ def main(argv: list[str] | None = None) -> None:
                 f"{setup['bulk_events']} via bulk_store in {setup['bulk_s']:.1f}s"
             )
 
-            default = StalenessPolicy()
-            whole = StalenessPolicy(shards_per_tick=len(keys))
-            uncapped = StalenessPolicy(shards_per_tick=len(keys), max_runs_per_tick=len(keys))
-            tick(instance, data_dir, default, None)  # warm caches and imports once
-
-            def one(policy: StalenessPolicy) -> Callable[[], tuple[float, int, int]]:
-                def run() -> tuple[float, int, int]:
-                    elapsed, result, _ = tick(instance, data_dir, policy, None)
-                    return elapsed, runs(result), 1
-
-                return run
-
-            rows = [
-                (
-                    "1 tick, default (2000/tick, cap 20)",
-                    default,
-                    repeated(one(default), args.repeat),
-                ),
-                (
-                    "full lap, default",
-                    default,
-                    repeated(
-                        lambda: full_lap(instance, data_dir, default, len(keys)),
-                        max(1, args.repeat // 2),
-                    ),
-                ),
-                (
-                    f"1 tick, shards_per_tick={len(keys)}, cap 20",
-                    whole,
-                    repeated(one(whole), args.repeat),
-                ),
-                (
-                    f"1 tick, shards_per_tick={len(keys)}, no cap",
-                    uncapped,
-                    repeated(one(uncapped), args.repeat),
-                ),
-            ]
-            breakdown = parts(instance, data_dir, default.shards_per_tick)
-            breakdown_all = parts(instance, data_dir, len(keys))
-
-            print()
-            print(
-                f"{'case':<44} {'shards':>7} {'ticks':>6} {'min s':>8} {'median s':>9} {'runs':>5}"
-            )
-            for name, _, row in rows:
-                print(
-                    f"{name:<44} {len(keys):>7} {row['ticks']:>6} {row['min_s']:>8.3f} "
-                    f"{row['median_s']:>9.3f} {row['runs']:>5}"
-                )
-            print()
-            for label, values in (
-                ("2000 shards", breakdown),
-                (f"{len(keys)} shards", breakdown_all),
-            ):
-                print(
-                    f"parts, {label}: latest_storage_ids {values['latest_storage_ids_s']:.3f}s, "
-                    f"fetch_records {values['fetch_records_s']:.3f}s, "
-                    f"stat {values['stat_s']:.3f}s"
-                )
+            measure(instance, data_dir, keys, args.repeat)
             print(f"(stale shards planted: {n_due} due, {len(kinds) - n_due} changed)")
 
             if args.profile:
                 profiler = cProfile.Profile()
                 profiler.enable()
-                tick(instance, data_dir, uncapped, None)
+                tick(
+                    instance,
+                    data_dir,
+                    StalenessPolicy(shards_per_tick=len(keys), max_runs_per_tick=len(keys)),
+                    None,
+                )
                 profiler.disable()
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)

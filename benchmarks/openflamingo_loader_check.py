@@ -64,35 +64,10 @@ def build_image_processor(size: int = 224):
     )
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tars", required=True, help="brace pattern, as --mmc4_shards takes")
-    parser.add_argument("--open-flamingo", type=Path, default=DEFAULT_CHECKOUT)
-    parser.add_argument("--sim-threshold", type=float, default=0.0)
-    parser.add_argument("--max-images", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=4)
-    args = parser.parse_args()
-
-    sys.path.insert(0, str(args.open_flamingo / "open_flamingo" / "train"))
-    import braceexpand
+def check_samples(of_data, samples, tokenizer, image_processor, args):
+    """preprocess_interleaved on every sample: outcomes counted, unexpected errors listed."""
     import torch
-    import webdataset as wds
 
-    # OpenFlamingo's open_flamingo/train/data.py, by name: an import statement would be sorted as
-    # first- or third-party depending on whether a data/ folder exists here (`make demo` makes one).
-    of_data = importlib.import_module("data")
-
-    urls = list(braceexpand.braceexpand(args.tars))
-    samples = list(
-        wds.DataPipeline(
-            wds.SimpleShardList(urls), of_data.tarfile_to_samples_nothrow, wds.to_tuple("json")
-        )
-    )
-    texts = [" ".join(json.loads(s[0])["text_list"]) for s in samples]
-    tokenizer = build_tokenizer(texts)
-    image_processor = build_image_processor()
-
-    # 1. preprocess_interleaved on every sample, outcomes counted.
     outcomes: Counter = Counter()
     failures = []
     torch.manual_seed(0)
@@ -123,14 +98,17 @@ def main() -> int:
         ]
         outcomes["accepted"] += 1
         outcomes["image tokens"] += int((input_ids == image_id).sum())
-    print(f"{len(samples)} samples read from {len(urls)} tar(s) by tarfile_to_samples_nothrow")
-    print("preprocess_interleaved:", dict(outcomes))
+    return outcomes, failures
 
-    # 2. The whole get_mmc4_dataset pipeline, one epoch through its WebLoader.
+
+def check_loader(of_data, args, image_processor, tokenizer, accepted: int):
+    """The whole get_mmc4_dataset pipeline, one epoch through its WebLoader: batches seen."""
+    import torch
+
     loader_args = argparse.Namespace(
         mmc4_shards=args.tars,
         dataset_resampled=False,
-        train_num_samples_mmc4=max(args.batch_size, outcomes["accepted"] // 2),
+        train_num_samples_mmc4=max(args.batch_size, accepted // 2),
         seed=42,
         batch_size_mmc4=args.batch_size,
         workers=1,
@@ -148,13 +126,47 @@ def main() -> int:
         assert images.shape == (args.batch_size, args.max_images, 3, 224, 224), images.shape
         assert input_ids.shape == attention_mask.shape == (args.batch_size, 256), input_ids.shape
         batches += 1
-    print(
-        f"get_mmc4_dataset: {batches} batch(es) of {args.batch_size} "
-        f"(expected {info.dataloader.num_batches})"
+    return batches, info.dataloader.num_batches
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tars", required=True, help="brace pattern, as --mmc4_shards takes")
+    parser.add_argument("--open-flamingo", type=Path, default=DEFAULT_CHECKOUT)
+    parser.add_argument("--sim-threshold", type=float, default=0.0)
+    parser.add_argument("--max-images", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(args.open_flamingo / "open_flamingo" / "train"))
+    import braceexpand
+    import webdataset as wds
+
+    # OpenFlamingo's open_flamingo/train/data.py, by name: an import statement would be sorted as
+    # first- or third-party depending on whether a data/ folder exists here (`make demo` makes one).
+    of_data = importlib.import_module("data")
+
+    urls = list(braceexpand.braceexpand(args.tars))
+    samples = list(
+        wds.DataPipeline(
+            wds.SimpleShardList(urls), of_data.tarfile_to_samples_nothrow, wds.to_tuple("json")
+        )
     )
+    texts = [" ".join(json.loads(s[0])["text_list"]) for s in samples]
+    tokenizer = build_tokenizer(texts)
+    image_processor = build_image_processor()
+
+    outcomes, failures = check_samples(of_data, samples, tokenizer, image_processor, args)
+    print(f"{len(samples)} samples read from {len(urls)} tar(s) by tarfile_to_samples_nothrow")
+    print("preprocess_interleaved:", dict(outcomes))
+
+    batches, expected = check_loader(
+        of_data, args, image_processor, tokenizer, outcomes["accepted"]
+    )
+    print(f"get_mmc4_dataset: {batches} batch(es) of {args.batch_size} (expected {expected})")
     if failures:
         print(f"{len(failures)} unexpected error(s), e.g. {failures[:3]}")
-    ok = not failures and outcomes["accepted"] > 0 and batches == info.dataloader.num_batches
+    ok = not failures and outcomes["accepted"] > 0 and batches == expected
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 
