@@ -9,6 +9,7 @@ leases stop counting when they expire.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -222,12 +223,14 @@ class SiteBroker:
             self._owner.setdefault(site, client)
             self._events.append(message)
         elif isinstance(message, Observed):
-            seen = Observation(message.bodies, message.fast, message.median, message.errors)
+            seen = Observation(
+                message.bodies, message.fast, message.median, message.errors, message.slow
+            )
             earlier = self._seen.get(site)
             if earlier is not None:  # two reports in one interval: the larger, errors of both
                 bigger = seen if seen.bodies >= earlier[0].bodies else earlier[0]
                 errors = seen.errors + earlier[0].errors
-                seen = Observation(bigger.bodies, bigger.fast, bigger.median, errors)
+                seen = dataclasses.replace(bigger, errors=errors)
             self._seen[site] = (seen, message.budget, message.start)
             self.bodies[site] = self.bodies.get(site, 0) + message.bodies
 

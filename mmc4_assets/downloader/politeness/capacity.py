@@ -9,11 +9,16 @@ about what we have in flight times unloaded / loaded latency.
 
 - **Latency** is the time to the response head of bodies received (not the body's transfer,
   which depends on its size; not DNS or connection set-up). A report gives its median (robust to
-  a few slow answers) and its lower quartile.
+  a few slow answers) and its quartiles.
+- **Noise**: every comparison allows for chance. A report of few answers from a site whose
+  answers are spread (the web's are, log-normally) has a median far from the site's own, so
+  each test widens by twice the median's standard error, read from the report's own spread
+  (``noise_margin``); answers that queue are slow alike and leave the tests as sharp as without.
 - **Unloaded latency** starts at the first report's lower quartile (a server that queues still
-  answers the first requests of a burst at once) and then follows the lowest median seen. When a
-  cut in load did not bring the latency down, the latency is not ours to fix (a slower server, or
-  noise): the estimate moves up to it instead of cutting again, so noise cannot collapse a limit.
+  answers the first requests of a burst at once) and then follows the lowest median seen, as low
+  as the report proves (its median times its margin). When a cut in load did not bring the
+  latency down, the latency is not ours to fix (a slower server, or noise): the estimate moves up
+  to it instead of cutting again, so noise cannot collapse a limit.
 - **Grow** while the median is within ``HEADROOM`` of unloaded and the site is the bottleneck
   (every connection of its limit leased, some run wanting more): doubling per report at first
   (slow start), then by a tenth. A site with a handful of images never wants more than it has
@@ -35,6 +40,7 @@ a single-connection politeness rule.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 TOLERANCE = 1.25  # median over unloaded past which the site is queueing: shrink
@@ -55,6 +61,7 @@ class Observation:
     fast: float  # their lower quartile time to the response head (s)
     median: float  # their median time to the response head (s)
     errors: int = 0  # 5xx answers other than throttles, resets, timeouts
+    slow: float = 0.0  # their upper quartile (0: not known)
 
 
 @dataclass(frozen=True)
@@ -117,23 +124,42 @@ def next_limit(
     unloaded, slow_start = limit.unloaded, new.slow_start
     if unloaded is None:
         unloaded = seen.fast  # the first answers of a burst found the site idle
-    elif seen.median < unloaded and seen.bodies >= RELIABLE_SAMPLES:
-        unloaded = seen.median
+    elif seen.median * noise_margin(seen) < unloaded and seen.bodies >= RELIABLE_SAMPLES:
+        unloaded = seen.median * noise_margin(seen)  # only as low as the report proves
     ratio = seen.median / unloaded if unloaded > 0 else 1.0
+    noise = noise_margin(seen)
     load_fell = limit.in_use and in_use * 1.2 <= limit.in_use
-    if ratio > TOLERANCE and load_fell and limit.loaded and seen.median >= 0.9 * limit.loaded:
+    fell_with_load = limit.loaded and seen.median * noise < 0.9 * limit.loaded
+    if ratio > TOLERANCE and load_fell and not fell_with_load:
         # Less load did not bring the latency down: it is not queueing for us (noise, or a
         # slower site). Take it as the site's unloaded latency and grow back quickly.
         unloaded, ratio, slow_start = seen.median, 1.0, True
     new = dataclasses.replace(new, unloaded=unloaded, loaded=seen.median, slow_start=slow_start)
-    if ratio > TOLERANCE and in_use > 2:
+    if ratio > TOLERANCE * noise and in_use > 2:
         capacity = max(1, min(in_use, new.limit)) / ratio
         target = max(new.limit * 0.5, min(new.limit, capacity * HEADROOM))
         return _set(new, target, ceiling, slow_start=False)
-    if ratio < HEADROOM and bottleneck:
+    if ratio < HEADROOM * math.sqrt(noise) and bottleneck:
         grown = new.limit * 2 if new.slow_start else new.limit + max(1.0, new.limit * 0.1)
         return _set(new, grown, ceiling, slow_start=new.slow_start)
     return new
+
+
+def noise_margin(seen: Observation) -> float:
+    """How far a report's median may stray by chance: twice its standard error, as a factor.
+
+    Answer times of a site that does not queue are spread (log-normally, roughly) by the network
+    and the server, and the median of a few of them is far from the site's own: with the spread
+    of the realistic web (sigma 0.9), the median of 10 answers is off by more than 1.25x one
+    report in four. The spread is read from the report itself, from its upper half (upper
+    quartile over median): its lower half mixes in the first answers of a burst, which found an
+    idle server. A queueing site's answers are slow alike, so its margin stays near 1 and it is
+    still cut at once.
+    """
+    if seen.median <= 0 or seen.slow <= seen.median or seen.bodies < 1:
+        return 1.0
+    sigma = math.log(seen.slow / seen.median) / 0.674  # a log-normal's quartile over median
+    return math.exp(2 * 1.2533 * sigma / math.sqrt(seen.bodies))  # 1.2533: the median's s.e.
 
 
 def after_throttle(limit: SiteLimit, ceiling: int, now: float) -> SiteLimit:

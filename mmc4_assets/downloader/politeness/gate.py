@@ -156,9 +156,17 @@ class SiteGate:
                 continue
             fast = samples[len(samples) // 4] if samples else 0.0
             median = samples[len(samples) // 2] if samples else 0.0
+            slow = samples[3 * len(samples) // 4] if samples else 0.0
             self._outbox.append(
                 Observed(
-                    site, len(samples), fast, median, errors, budgets(site), budgets.start(site)
+                    site,
+                    len(samples),
+                    fast,
+                    median,
+                    errors,
+                    budgets(site),
+                    budgets.start(site),
+                    slow,
                 )
             )
             self._samples.pop(site, None)

@@ -50,6 +50,7 @@ class Observed(NamedTuple):
     errors: int  # 5xx other than throttles, resets, timeouts
     budget: int  # the site's ceiling
     start: int
+    slow: float = 0.0  # their upper quartile: how spread they are
 
 
 ToBroker = Want | Throttled | Successes | Observed
