@@ -24,9 +24,9 @@ about what we have in flight times unloaded / loaded latency.
   (slow start), then by a tenth. A site with a handful of images never wants more than it has
   and is never probed.
 - **Shrink** when the median passes ``TOLERANCE`` times unloaded: to the estimated capacity plus
-  the headroom, never below half at once; when a tenth of the answers are errors (5xx, resets,
-  timeouts): by 30%; on a throttle (429/503): by half. Fast errors are no reason to grow: only
-  bodies count as samples.
+  the headroom, never below half at once; when a quarter of the answers (three at least) are
+  errors (5xx, resets, timeouts): by 30%; on a throttle (429/503): by half. Fast errors are no
+  reason to grow: only bodies count as samples.
 - **Bounds**: never below 1 nor above the ceiling. A site left alone for a minute decays toward
   the start value (a run killed mid-probe leaves no inflated limit), and after ten minutes it is
   forgotten.
@@ -47,7 +47,10 @@ TOLERANCE = 1.25  # median over unloaded past which the site is queueing: shrink
 HEADROOM = 1.1  # median over unloaded under which the site has room: grow
 MIN_SAMPLES = 5  # bodies a report needs for its latency to count (the gate waits for them)
 RELIABLE_SAMPLES = 10  # bodies a report needs to lower the unloaded estimate
-ERROR_SHARE = 0.1  # errors among the answers past which the site is shrunk
+# Errors among the answers past which the site is shrunk: a few broken URLs in a second are
+# theirs, not the site's load (on the realistic web about one image in ten is broken).
+ERROR_SHARE = 0.25
+MIN_ERRORS = 3
 IDLE_GRACE_S = 60.0  # a site unobserved this long decays toward the start value
 IDLE_HALF_LIFE_S = 60.0
 FORGET_S = 600.0  # a site unobserved this long starts over
@@ -114,7 +117,7 @@ def next_limit(
     more. ``limit`` is the site's current limit (``current``)."""
     new = dataclasses.replace(limit, observed_at=now, in_use=in_use, settling=False)
     answers = seen.bodies + seen.errors
-    if seen.errors and seen.errors >= max(2, ERROR_SHARE * answers):
+    if not limit.settling and seen.errors >= max(MIN_ERRORS, ERROR_SHARE * answers):
         return _set(new, new.limit * 0.7, ceiling, slow_start=False)
     if seen.bodies < MIN_SAMPLES:
         return new
@@ -123,7 +126,8 @@ def next_limit(
         return dataclasses.replace(new, unloaded=unloaded, in_use=limit.in_use)
     unloaded, slow_start = limit.unloaded, new.slow_start
     if unloaded is None:
-        unloaded = seen.fast  # the first answers of a burst found the site idle
+        # The first answers of a burst found the site idle, but by chance some are fast too.
+        unloaded = min(seen.median, seen.fast * noise_margin(seen))
     elif seen.median * noise_margin(seen) < unloaded and seen.bodies >= RELIABLE_SAMPLES:
         unloaded = seen.median * noise_margin(seen)  # only as low as the report proves
     ratio = seen.median / unloaded if unloaded > 0 else 1.0

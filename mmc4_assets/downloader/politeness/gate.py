@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .capacity import MIN_SAMPLES
+from .capacity import MIN_ERRORS, MIN_SAMPLES
 from .messages import Held, Observed, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
 from .sites import SiteBudgets
 
@@ -143,7 +143,7 @@ class SiteGate:
 
     def _observations(self, now: float) -> None:
         """Report what each adaptive site answered, once a second, when there is enough of it
-        to judge (``capacity.MIN_SAMPLES`` bodies, two errors) or it has waited 10 s."""
+        to judge (``capacity.MIN_SAMPLES`` bodies, ``MIN_ERRORS`` errors) or it has waited 10 s."""
         if now - self._observed_at < OBSERVE_S:
             return
         self._observed_at = now
@@ -152,7 +152,7 @@ class SiteGate:
             samples = sorted(self._samples.get(site, ()))
             errors = self._errors.get(site, 0)
             waited = now - self._first_seen.get(site, now)
-            if len(samples) < MIN_SAMPLES and errors < 2 and waited < 10 * OBSERVE_S:
+            if len(samples) < MIN_SAMPLES and errors < MIN_ERRORS and waited < 10 * OBSERVE_S:
                 continue
             fast = samples[len(samples) // 4] if samples else 0.0
             median = samples[len(samples) // 2] if samples else 0.0
