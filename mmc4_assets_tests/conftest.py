@@ -6,7 +6,6 @@ import functools
 import gc
 import secrets
 import threading
-import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,11 +13,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mmc4_assets_tests.servers.postgres import PostgresHome, PostgresServer
+from mmc4_assets_tests.support.servers.postgres import PostgresHome, PostgresServer
+from mmc4_assets_tests.support.shards import SHARD, zip_shard
 from mmc4_devtools.loopback_web import LoopbackWeb
 from mmc4_devtools.sample_shard import write_sample_shard
-
-SHARD = 42
 
 # Tests that start daemons, webservers or CLI runs (tens of seconds each, mostly waiting), the
 # costliest first. They start first, each on the next free xdist worker (`--maxschedchunk 1` in
@@ -109,14 +107,6 @@ def image_web():
         yield web
 
 
-def zip_shard(plain: Path) -> Path:
-    zipped = plain.with_name(plain.name + ".zip")
-    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.write(plain, arcname=plain.name)
-    plain.unlink()
-    return zipped
-
-
 @pytest.fixture
 def shard_folder(tmp_path, image_web) -> Path:
     """A folder holding shard 42 as the corpus ships it (zipped), its images on the loopback web."""
@@ -151,30 +141,3 @@ def pipeline_env(monkeypatch, tmp_path, shard_folder) -> Path:
     monkeypatch.setenv("MMC4_DOCS_URL", str(shard_folder))
     monkeypatch.setenv("MMC4_ALLOW_PRIVATE_NETWORKS", "1")
     return data_dir
-
-
-def write_image_shard(folder: Path, shard: int, urls: list[str]) -> None:
-    """A shard with one two-sentence document per image URL (for tests that pick each URL)."""
-    import orjson
-
-    lines = []
-    for number, url in enumerate(urls):
-        lines.append(
-            orjson.dumps(
-                {
-                    "url": f"https://example.org/page/{number}",
-                    "text_list": ["A first sentence.", "A second sentence."],
-                    "image_info": [
-                        {
-                            "image_name": f"img{number:04d}.jpg",
-                            "raw_url": url,
-                            "face_detections": None,
-                            "matched_text_index": 0,
-                            "matched_sim": 0.3,
-                        }
-                    ],
-                    "similarity_matrix": [[0.3, 0.2]],
-                }
-            )
-        )
-    (folder / f"{shard}.jsonl").write_bytes(b"\n".join(lines) + b"\n")

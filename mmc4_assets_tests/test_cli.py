@@ -15,7 +15,7 @@ import dagster as dg
 import orjson
 import pytest
 
-from mmc4_assets_tests.instance_files import PROJECT_ROOT, write_home
+from mmc4_assets_tests.support.instance_files import PROJECT_ROOT, write_home
 
 BIN = Path(sys.executable).parent
 ASSET_KEYS = {

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mmc4_assets.resources import StalenessPolicy
-from mmc4_assets_tests.conftest import write_image_shard
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.shards import write_image_shard
 
 PIPELINE = "raw_docs downloaded_images status_report"
 

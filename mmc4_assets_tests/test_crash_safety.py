@@ -29,9 +29,9 @@ from PIL import Image
 from mmc4_assets.corpus.status import check_status, read_status
 from mmc4_assets.downloader import iter_image_refs
 from mmc4_assets.run_health import live_runs
-from mmc4_assets_tests.conftest import SHARD, zip_shard
-from mmc4_assets_tests.instance_files import write_home
-from mmc4_assets_tests.materialize import materialize_shard
+from mmc4_assets_tests.support.instance_files import write_home
+from mmc4_assets_tests.support.materialize import materialize_shard
+from mmc4_assets_tests.support.shards import SHARD, zip_shard
 from mmc4_devtools.loopback_web import LoopbackWeb
 from mmc4_devtools.sample_shard import write_sample_shard
 

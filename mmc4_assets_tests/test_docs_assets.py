@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
 
 
 def check_results(result):

@@ -9,8 +9,8 @@ from PIL import Image
 
 from mmc4_assets.corpus.status import read_status
 from mmc4_assets.downloader.refs import iter_image_refs
-from mmc4_assets_tests.conftest import write_image_shard
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.shards import write_image_shard
 
 PIPELINE = "raw_docs downloaded_images status_report"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmc4_assets_tests.instance_files import (
+from mmc4_assets_tests.support.instance_files import (
     PROJECT_ROOT,
     ROOT_FILES,
     instance_settings,

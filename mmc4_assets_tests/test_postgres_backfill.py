@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 
 from mmc4_assets.corpus.status import read_status
-from mmc4_assets_tests.conftest import zip_shard
+from mmc4_assets_tests.support.shards import zip_shard
 from mmc4_assets_tests.test_webserver import (
     BIN,
     Stack,

@@ -6,7 +6,7 @@ import dagster as dg
 
 from mmc4_assets.resources import BackfillSettings
 from mmc4_assets.schedules import new_shards_schedule
-from mmc4_assets_tests.materialize import materialize_shard
+from mmc4_assets_tests.support.materialize import materialize_shard
 
 
 def evaluate(instance, shards_per_tick: int) -> list[dg.RunRequest]:

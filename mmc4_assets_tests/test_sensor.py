@@ -16,8 +16,8 @@ from PIL import Image
 from mmc4_assets.corpus.status import read_status
 from mmc4_assets.resources import CorpusStorage, StalenessPolicy
 from mmc4_assets.sensors import STALE_RUN_CONFIG, stale_images_sensor
-from mmc4_assets_tests.conftest import write_image_shard
-from mmc4_assets_tests.materialize import materialize_shard
+from mmc4_assets_tests.support.materialize import materialize_shard
+from mmc4_assets_tests.support.shards import write_image_shard
 
 PIPELINE = "raw_docs downloaded_images status_report"
 FRESH = StalenessPolicy()

@@ -13,10 +13,10 @@ import sys
 
 import dagster as dg
 
-from mmc4_assets_tests.conftest import write_image_shard
-from mmc4_assets_tests.downloader.local_server import LocalServer, image_bytes, send
-from mmc4_assets_tests.instance_files import PROJECT_ROOT, write_home
-from mmc4_assets_tests.materialize import latest_metadata
+from mmc4_assets_tests.support.instance_files import PROJECT_ROOT, write_home
+from mmc4_assets_tests.support.local_server import LocalServer, image_bytes, send
+from mmc4_assets_tests.support.materialize import latest_metadata
+from mmc4_assets_tests.support.shards import write_image_shard
 
 BIN = os.path.dirname(sys.executable)
 SHARDS = (1, 2, 3)

@@ -9,8 +9,8 @@ import json
 
 from mmc4_assets.corpus.status import read_status
 from mmc4_assets.resources import TrainingShardSettings
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
-from mmc4_assets_tests.training.openflamingo_reader import (
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.openflamingo_reader import (
     check_sample,
     iter_file_members,
     iter_json_samples,

@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from mmc4_assets.corpus.shards import ALL_SHARDS
-from mmc4_assets_tests.instance_files import PROJECT_ROOT, project_root_copy
-from mmc4_assets_tests.servers.process import free_port
+from mmc4_assets_tests.support.instance_files import PROJECT_ROOT, project_root_copy
+from mmc4_assets_tests.support.servers.process import free_port
 
 BIN = Path(sys.executable).parent
 SHARD = "42"

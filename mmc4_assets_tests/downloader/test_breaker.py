@@ -9,7 +9,7 @@ import pandas as pd
 from mmc4_assets.corpus.status import check_status, retryable_mask
 from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
 from mmc4_assets.downloader.fetching.breaker import HostBreaker
-from mmc4_assets_tests.downloader.local_server import image_bytes, refusing_url, send
+from mmc4_assets_tests.support.local_server import image_bytes, refusing_url, send
 
 SMALL = image_bytes(300, 200)
 SETTINGS = DownloadSettings(

@@ -18,7 +18,7 @@ from mmc4_assets.downloader.fetching.client import (
     retry_delay,
 )
 from mmc4_assets.downloader.fetching.urls import InvalidUrl, check_url, opted_out, parse_retry_after
-from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, refusing_url, send
+from mmc4_assets_tests.support.local_server import hang_up, image_bytes, refusing_url, send
 
 FAST = dict(
     allow_private_networks=True,

@@ -53,7 +53,7 @@ def test_names_resolve_once_fail_fast_and_stay_within_the_address_policy(tmp_pat
                 [
                     sys.executable,
                     "-m",
-                    "mmc4_assets_tests.downloader.dns_probe",
+                    "mmc4_assets_tests.support.dns_probe",
                     str(tmp_path / "spec.json"),
                 ]
             )

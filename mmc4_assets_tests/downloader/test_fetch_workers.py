@@ -22,10 +22,10 @@ from mmc4_assets.downloader.scheduling.fetch_workers import (
     split_by_site,
     worker_count,
 )
-from mmc4_assets_tests.downloader.local_server import refusing_url, send
 from mmc4_assets_tests.downloader.test_shard_run import BIG, SMALL
 from mmc4_assets_tests.downloader.test_shard_run import SETTINGS as SHARD_RUN_SETTINGS
 from mmc4_assets_tests.downloader.test_site_queue import job
+from mmc4_assets_tests.support.local_server import refusing_url, send
 
 SETTINGS = dataclasses.replace(SHARD_RUN_SETTINGS, fetch_processes=2)
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")

@@ -22,7 +22,7 @@ import pytest
 from mmc4_assets.corpus.status import retryable_mask
 from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
 from mmc4_assets.downloader.politeness.ledger import SiteLedger
-from mmc4_assets_tests.downloader.local_server import LocalServer, image_bytes, send
+from mmc4_assets_tests.support.local_server import LocalServer, image_bytes, send
 
 SMALL = image_bytes(300, 200)
 BASE_SETTINGS = {
@@ -60,7 +60,7 @@ class Runs:
         }
         spec_path = self.folder / f"{name}.spec.json"
         spec_path.write_text(json.dumps(spec))
-        command = [sys.executable, "-m", "mmc4_assets_tests.downloader.shard_runner", spec_path]
+        command = [sys.executable, "-m", "mmc4_assets_tests.support.shard_runner", spec_path]
         if self.hosts_file is not None:
             bind = 'mount --bind "$0" /etc/hosts && exec "$@"'
             command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind,

@@ -18,7 +18,7 @@ from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shar
 from mmc4_assets.downloader.refs import ImageRef
 from mmc4_assets.downloader.scheduling.fetch_loop import FetchLoop
 from mmc4_assets.downloader.storing.store import ImageJob
-from mmc4_assets_tests.downloader.local_server import hang_up, image_bytes, send
+from mmc4_assets_tests.support.local_server import hang_up, image_bytes, send
 from mmc4_devtools.loopback_web import bomb_png
 
 SETTINGS = DownloadSettings(

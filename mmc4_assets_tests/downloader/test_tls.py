@@ -8,7 +8,7 @@ import pytest
 
 from mmc4_assets.downloader import CaBundleError, DownloadSettings, ImageRef, download_shard
 from mmc4_assets.resources import ImageDownloader
-from mmc4_assets_tests.downloader.local_server import image_bytes, send
+from mmc4_assets_tests.support.local_server import image_bytes, send
 
 BIG = image_bytes(1600, 1200)
 SMALL = image_bytes(400, 300)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mmc4_assets_tests.servers.seaweedfs import SeaweedS3
+from mmc4_assets_tests.support.servers.seaweedfs import SeaweedS3
 
 
 @pytest.fixture(scope="session")

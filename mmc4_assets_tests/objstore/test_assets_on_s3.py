@@ -15,7 +15,7 @@ from PIL import Image
 from mmc4_assets.resources import StalenessPolicy
 from mmc4_assets.sensors import STALE_RUN_CONFIG, stale_reason
 from mmc4_assets.storage import open_store
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
 from mmc4_assets_tests.test_crash_safety import mount_tmpfs
 
 EVERYTHING = "raw_docs reassigned_docs downloaded_images status_report training_shards"

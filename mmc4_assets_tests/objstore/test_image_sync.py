@@ -10,7 +10,7 @@ import pandas as pd
 
 from mmc4_assets.storage import open_store
 from mmc4_assets.storage.image_sync import ImageSync
-from mmc4_assets_tests.materialize import materialize_shard
+from mmc4_assets_tests.support.materialize import materialize_shard
 
 
 def write_final(path, body: bytes) -> None:

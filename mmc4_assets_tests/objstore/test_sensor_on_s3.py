@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmc4_assets.storage import open_store
-from mmc4_assets_tests.conftest import write_image_shard
-from mmc4_assets_tests.materialize import materialize_shard
+from mmc4_assets_tests.support.materialize import materialize_shard
+from mmc4_assets_tests.support.shards import write_image_shard
 from mmc4_assets_tests.test_sensor import (
     EVERYTHING_OLD,
     FRESH,

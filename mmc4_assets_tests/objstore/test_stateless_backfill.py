@@ -24,8 +24,8 @@ import pytest
 
 from mmc4_assets.sensors import STALE_RUN_CONFIG
 from mmc4_assets.storage import open_store
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
-from mmc4_assets_tests.servers.process import free_port
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.servers.process import free_port
 from mmc4_assets_tests.test_postgres_backfill import (
     assert_backfills_succeeded,
     launch_backfill,

@@ -22,9 +22,9 @@ from pathlib import Path
 import psycopg2
 from psycopg2 import sql
 
-from mmc4_assets_tests.servers.process import ManagedServer, free_port
+from mmc4_assets_tests.support.servers.process import ManagedServer, free_port
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 POSTGRES_DAGSTER_YAML = PROJECT_ROOT / "deploy" / "postgres" / "dagster.yaml"
 DEBIAN_PREFIX = Path("/usr/lib/postgresql")
 SERVER_SETTINGS = {

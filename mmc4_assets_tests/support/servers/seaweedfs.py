@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from mmc4_assets_tests.servers.process import ManagedServer, free_ports
+from mmc4_assets_tests.support.servers.process import ManagedServer, free_ports
 
 WEED = Path(sys.executable).parent / "weed"
 START_TIMEOUT = 60.0

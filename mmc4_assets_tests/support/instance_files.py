@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ROOT_DAGSTER_YAML = PROJECT_ROOT / "dagster.yaml"
 # Where the local instance keeps its history; deploy/postgres/dagster.yaml has `storage` instead.
 HISTORY_KEYS = frozenset({"storage", "local_artifact_storage", "compute_logs"})

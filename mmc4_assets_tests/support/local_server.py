@@ -7,7 +7,9 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from PIL import Image
 
@@ -171,3 +173,9 @@ def refusing_url(host: str, path: str) -> str:
     with socket.create_server((host, 0)) as probe:
         port = probe.getsockname()[1]
     return f"http://{host}:{port}{path}"
+
+
+@dataclass
+class ThrowawayCA:
+    bundle: Path  # the CA certificate, PEM: what a user passes as ca_bundle
+    server_context: ssl.SSLContext  # serves a certificate for 127.0.0.1 and localhost

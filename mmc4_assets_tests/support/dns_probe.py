@@ -1,6 +1,6 @@
 """Inside a network namespace: serve images on 127.0.0.1 and download them by name.
 
-    ip netns exec NS python -m mmc4_assets_tests.downloader.dns_probe SPEC.json
+    ip netns exec NS python -m mmc4_assets_tests.support.dns_probe SPEC.json
 
 The namespace's resolv.conf names the test's DNS server; the names in SPEC resolve through it.
 SPEC: {"names": {name: images}, "settings": {...}, "data_dir": ..., "result": path}. The result
@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
-from mmc4_assets_tests.downloader.local_server import LocalServer, image_bytes, send
+from mmc4_assets_tests.support.local_server import LocalServer, image_bytes, send
 
 
 def main(spec_path: str) -> None:

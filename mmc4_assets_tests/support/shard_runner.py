@@ -1,6 +1,6 @@
 """Run download_shard in a process of its own, as a download run does (tests of runs at once).
 
-    python -m mmc4_assets_tests.downloader.shard_runner SPEC.json
+    python -m mmc4_assets_tests.support.shard_runner SPEC.json
 
 SPEC: {"refs": [[doc, index, name, url], ...], "data_dir": ..., "shard": n, "settings": {...},
 "result": path}. The result file gets the outcomes and the politeness counters.
