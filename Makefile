@@ -79,7 +79,7 @@ test: env postgresql
 	$(BIN)/python -m pytest -q
 
 # The imaging tests under plain Pillow (the fallback), first on the path ahead of the venv's PIL.
-IMAGING_TESTS := mmc4_assets_tests/downloader/test_prepare.py mmc4_assets_tests/downloader/test_pil.py
+IMAGING_TESTS := mmc4_assets_tests/downloader/imaging/test_prepare.py mmc4_assets_tests/downloader/imaging/test_pil.py
 test-pillow: env
 	PYTHONPATH=$(PILLOW_FALLBACK_DIR) MMC4_EXPECT_PIL=pillow $(BIN)/python -m pytest -q -n 0 $(IMAGING_TESTS)
 

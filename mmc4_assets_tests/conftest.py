@@ -56,8 +56,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # Test packages of the Dagster-free layers (the corpus logic, the downloader, dev tools, training
-# packing): nothing in them opens a Dagster context.
+# packing): nothing in them, their subfolders included, opens a Dagster context.
 DAGSTER_FREE_PACKAGES = {"corpus", "downloader", "devtools", "training"}
+TESTS = Path(__file__).parent
+
+
+def in_dagster_free_package(path: Path) -> bool:
+    return any(TESTS / package in path.parents for package in DAGSTER_FREE_PACKAGES)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +71,7 @@ def collect_garbage_after_each_test(request):
     its own test's neighbours at once instead of some later test, whenever the collector happens
     to run. (A collection costs about 0.1 s; the Dagster-free packages' tests skip it.)"""
     yield
-    if request.node.path.parent.name not in DAGSTER_FREE_PACKAGES:
+    if not in_dagster_free_package(request.node.path):
         gc.collect()
 
 

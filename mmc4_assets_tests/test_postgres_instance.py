@@ -16,8 +16,8 @@ from mmc4_assets_tests.support.instance_files import ROOT_DAGSTER_YAML, instance
 from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
 from mmc4_assets_tests.support.servers.postgres import POSTGRES_DAGSTER_YAML
 from mmc4_assets_tests.support.shards import write_image_shard
-from mmc4_assets_tests.test_schedule import evaluate
-from mmc4_assets_tests.test_sensor import PIPELINE, ImageHost, run_request, tick
+from mmc4_assets_tests.test_schedules import evaluate
+from mmc4_assets_tests.test_sensors import PIPELINE, ImageHost, run_request, tick
 
 EVERY_SHARD_ASSET = "raw_docs reassigned_docs downloaded_images status_report"
 

@@ -11,7 +11,7 @@ import pytest
 from mmc4_assets.storage import open_store
 from mmc4_assets_tests.support.materialize import materialize_shard
 from mmc4_assets_tests.support.shards import write_image_shard
-from mmc4_assets_tests.test_sensor import (
+from mmc4_assets_tests.test_sensors import (
     EVERYTHING_OLD,
     FRESH,
     PIPELINE,

@@ -128,7 +128,7 @@ def test_a_site_whose_capacity_drops_is_backed_off_within_seconds(site, tmp_path
 def test_three_runs_at_once_share_one_learned_limit(site, tmp_path):
     # Three runs (processes) on one ledger file, one site of capacity 8: the limit is the
     # deployment's, so together they send about what it serves, and every image is fetched.
-    from mmc4_assets_tests.downloader.test_politeness import Runs
+    from mmc4_assets_tests.downloader.politeness.test_politeness import Runs
 
     server = site(8, 0.2)
     group = Runs(tmp_path)

@@ -22,9 +22,9 @@ from mmc4_assets.downloader.scheduling.fetch_workers import (
     split_by_site,
     worker_count,
 )
-from mmc4_assets_tests.downloader.test_shard_run import BIG, SMALL
-from mmc4_assets_tests.downloader.test_shard_run import SETTINGS as SHARD_RUN_SETTINGS
-from mmc4_assets_tests.downloader.test_site_queue import job
+from mmc4_assets_tests.downloader.scheduling.test_shard_run import BIG, SMALL
+from mmc4_assets_tests.downloader.scheduling.test_shard_run import SETTINGS as SHARD_RUN_SETTINGS
+from mmc4_assets_tests.downloader.scheduling.test_site_queue import job
 from mmc4_assets_tests.support.local_server import refusing_url, send
 
 SETTINGS = dataclasses.replace(SHARD_RUN_SETTINGS, fetch_processes=2)

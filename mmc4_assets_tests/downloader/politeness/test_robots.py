@@ -10,7 +10,7 @@ from mmc4_assets.corpus.status import check_status, retryable_mask
 from mmc4_assets.downloader import ImageRef, download_shard
 from mmc4_assets.downloader.politeness.robots import origin_of
 from mmc4_assets.storage import layout
-from mmc4_assets_tests.downloader.test_breaker import SETTINGS as BREAKER_SETTINGS
+from mmc4_assets_tests.downloader.fetching.test_breaker import SETTINGS as BREAKER_SETTINGS
 from mmc4_assets_tests.support.local_server import image_bytes, refusing_url, send
 
 SMALL = image_bytes(300, 200)

@@ -27,7 +27,7 @@ from mmc4_assets.downloader.imaging.pil import Image, avif_support, flavour
 from mmc4_assets.downloader.imaging.prepare import ImageRejected, prepare_image
 from mmc4_devtools.loopback_web import bomb_png
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FALLBACK = Path(sys.prefix) / "pillow-fallback"
 
 
@@ -202,7 +202,7 @@ def test_plain_pillow_gives_the_same_outcomes(body_folder):
         pytest.skip("already plain Pillow")
     code = (
         "import json, sys; from pathlib import Path; import PIL;"
-        "from mmc4_assets_tests.downloader.test_pil import outcomes;"
+        "from mmc4_assets_tests.downloader.imaging.test_pil import outcomes;"
         "print(PIL.__version__); print(json.dumps(outcomes(Path(sys.argv[1]))))"
     )
     done = run_with_plain_pillow("-c", code, str(body_folder))
