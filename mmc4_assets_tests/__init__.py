@@ -6,5 +6,6 @@ names; `devtools/` tests `mmc4_devtools`. The top-level modules test the product
 modules (`test_partitions.py`, `test_schedules.py`, `test_sensors.py`) and the project as a whole:
 the CLI, the UI and daemon, crash safety, the Postgres deployment, the instance file, packaging,
 `deploy/` and the README. `support/` holds the helpers tests import; fixtures and hooks live in
-the `conftest.py` files.
+the `conftest.py` files. Slow tests (servers, daemons, CLI runs, kill -9, runs at once) carry the
+`system` marker wherever they live; `make test-fast` runs the rest (`-m "not system"`).
 """

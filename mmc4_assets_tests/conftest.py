@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import secrets
 import threading
 from collections.abc import Iterator
@@ -18,35 +19,34 @@ from mmc4_assets_tests.support.shards import SHARD, zip_shard
 from mmc4_devtools.loopback_web import LoopbackWeb
 from mmc4_devtools.sample_shard import write_sample_shard
 
-# Tests that start daemons, webservers or CLI runs (tens of seconds each, mostly waiting), the
-# costliest first. They start first, each on the next free xdist worker (`--maxschedchunk 1` in
-# pyproject.toml hands tests out one by one), and the many short tests fill the gaps, instead of
-# one worker ending the session alone on a long test. A test missing here only loses its head
-# start.
-SLOW_TESTS = (
-    "test_a_backfill_survives_losing_its_host_mid_download",
-    "test_ui_backfills_run_in_parallel_within_the_queue_limits",
-    "test_a_download_killed_twice_then_started_twice_at_once",
-    "test_materialize_a_shard_from_the_ui",  # two stacks: `dg dev`, webserver + daemon
-    "test_a_run_declared_dead_while_working_stops_writing",
-    "test_materialize_docs_from_the_cli",  # three commands
-    "test_cli_runs_at_once_keep_a_sites_budget",  # three CLI runs at once
-    "test_a_docs_run_killed_mid_fetch_does_not_wedge_the_rerun",
-)
+# Slow tests carry the `system` marker (pyproject.toml): daemons, webservers, CLI runs, kill -9,
+# runs at once, PostgreSQL or SeaweedFS (tens of seconds each, mostly waiting). They start first,
+# each on the next free xdist worker (`--maxschedchunk 1` in pyproject.toml hands tests out one
+# by one), and the many short tests fill the gaps, instead of one worker ending the session alone
+# on a long test. `system(order=n)` marks the costliest, measured: they start before the others,
+# lowest n first.
+SERVER_FIXTURES = ("postgres_server", "seaweed")
+
+
+def system_order(item: pytest.Item) -> float:
+    return item.get_closest_marker("system").kwargs.get("order", math.inf)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """SLOW_TESTS first, in that order, each followed by one short test (xdist gives a worker two
-    tests at the start: never two slow ones); the rest as collected. The same order on every
-    worker, as xdist requires."""
-
-    def name(item: pytest.Item) -> str:
-        return item.originalname if isinstance(item, pytest.Function) else item.name
-
-    slow = sorted(
-        (i for i in items if name(i) in SLOW_TESTS), key=lambda i: SLOW_TESTS.index(name(i))
-    )
-    rest = [item for item in items if name(item) not in SLOW_TESTS]
+    """The `system` tests first, by `order` (those without one as collected), each followed by
+    one short test (xdist gives a worker two tests at the start: never two slow ones); the rest
+    as collected. The same order on every worker, as xdist requires. A test that starts a
+    PostgreSQL or SeaweedFS server must be a `system` test: `make test-fast` runs without them."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if not item.get_closest_marker("system")
+        and any(name in getattr(item, "fixturenames", ()) for name in SERVER_FIXTURES)
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests that start a server, not marked `system`: {unmarked}")
+    slow = sorted((i for i in items if i.get_closest_marker("system")), key=system_order)
+    rest = [item for item in items if not item.get_closest_marker("system")]
     ordered = []
     for item in slow:
         ordered.append(item)

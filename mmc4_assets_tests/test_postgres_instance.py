@@ -19,6 +19,8 @@ from mmc4_assets_tests.support.shards import write_image_shard
 from mmc4_assets_tests.test_schedules import evaluate
 from mmc4_assets_tests.test_sensors import PIPELINE, ImageHost, run_request, tick
 
+pytestmark = pytest.mark.system
+
 EVERY_SHARD_ASSET = "raw_docs reassigned_docs downloaded_images status_report"
 
 

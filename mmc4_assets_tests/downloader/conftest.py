@@ -25,7 +25,7 @@ def server():
         s.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.system)])
 def ledger_url(request, tmp_path) -> str:
     """A site ledger on SQLite (one machine) and on a real PostgreSQL (many)."""
     if request.param == "sqlite":

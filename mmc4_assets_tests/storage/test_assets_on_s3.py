@@ -10,6 +10,7 @@ import time
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from mmc4_assets.resources import StalenessPolicy
@@ -17,6 +18,8 @@ from mmc4_assets.sensors import STALE_RUN_CONFIG, stale_reason
 from mmc4_assets.storage import open_store
 from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
 from mmc4_assets_tests.test_crash_safety import mount_tmpfs
+
+pytestmark = pytest.mark.system
 
 EVERYTHING = "raw_docs reassigned_docs downloaded_images status_report training_shards"
 

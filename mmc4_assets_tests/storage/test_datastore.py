@@ -14,12 +14,14 @@ import pytest
 from mmc4_assets.storage import LocalStore, open_store
 
 
+@pytest.mark.system
 def test_urls_and_paths_pick_their_store(tmp_path, s3_env):
     assert isinstance(open_store(str(tmp_path)), LocalStore)
     assert open_store(f"file://{tmp_path}").root == tmp_path
     assert open_store("s3://somewhere/prefix").remote
 
 
+@pytest.mark.system
 def test_remote_publish_fetch_list_delete(s3_env, bucket):
     store = open_store(f"s3://{bucket}/data/")
     fs = s3_env.filesystem()
@@ -57,6 +59,7 @@ def test_remote_publish_fetch_list_delete(s3_env, bucket):
     assert store.stamp("images/7") is None
 
 
+@pytest.mark.system
 def test_a_failed_step_leaves_no_object(s3_env, bucket):
     store = open_store(f"s3://{bucket}/data")
     with pytest.raises(RuntimeError):
@@ -79,6 +82,7 @@ print("done", flush=True)
 """
 
 
+@pytest.mark.system
 def test_an_upload_killed_midway_leaves_nothing_or_the_whole_object(s3_env, bucket, tmp_path):
     """A process killed (SIGKILL) while it uploads: the object is absent, or whole, never cut."""
     body = os.urandom(48 * 1024 * 1024)
@@ -119,6 +123,7 @@ def test_the_local_store_is_the_data_folder(tmp_path):
     assert store.stamp("images/4") is None
 
 
+@pytest.mark.system
 def test_a_killed_runs_scratch_is_swept(s3_env, bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("MMC4_SCRATCH_DIR", str(tmp_path))
     dead = subprocess.run(

@@ -7,10 +7,13 @@ import os
 import time
 
 import pandas as pd
+import pytest
 
 from mmc4_assets.storage import open_store
 from mmc4_assets.storage.image_sync import ImageSync
 from mmc4_assets_tests.support.materialize import materialize_shard
+
+pytestmark = pytest.mark.system
 
 
 def write_final(path, body: bytes) -> None:

@@ -20,6 +20,8 @@ from mmc4_assets_tests.test_sensors import (
     tick,
 )
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture
 def host():

@@ -39,6 +39,8 @@ from mmc4_assets_tests.test_webserver import (
     wait_for_server,
 )
 
+pytestmark = pytest.mark.system
+
 PIPELINE = ["raw_docs", "reassigned_docs", "downloaded_images", "status_report", "training_shards"]
 BATCHES = [["300", "301"], ["302", "303"], ["304", "305"]]
 SHARDS = [shard for batch in BATCHES for shard in batch]
@@ -71,6 +73,7 @@ def bucket_table(store, shard: str):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.system(order=3)
 def test_backfill_runs_share_only_postgres_and_the_bucket(
     postgres_home,
     postgres_instance,

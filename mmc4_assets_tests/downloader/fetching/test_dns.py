@@ -16,7 +16,10 @@ import pytest
 from mmc4_devtools import netns
 from mmc4_devtools.dns_server import DnsProcess, NameRecord
 
-pytestmark = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(netns.available() is not None, reason=str(netns.available())),
+]
 DNS = "127.53.0.7"
 ZONE = {
     "img.pics.test": NameRecord("127.0.0.1", "ok", 300.0),  # a slow first lookup

@@ -222,6 +222,7 @@ def test_plain_pillow_gives_the_same_outcomes(body_folder):
     }
 
 
+@pytest.mark.system
 def test_the_imaging_tests_pass_on_plain_pillow():
     """`make test-pillow`, from the suite: the imaging tests with plain Pillow first on the path."""
     if flavour() == "pillow":

@@ -16,7 +16,7 @@ from mmc4_assets.downloader import DownloadSettings, download_shard
 from mmc4_assets.downloader.refs import ImageRef
 from mmc4_devtools.capacity_web import CapacityServer
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 SETTINGS = DownloadSettings(
     allow_private_networks=True,

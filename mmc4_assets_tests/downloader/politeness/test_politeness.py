@@ -24,6 +24,8 @@ from mmc4_assets.downloader import DownloadSettings, ImageRef, download_shard
 from mmc4_assets.downloader.politeness.ledger import SiteLedger
 from mmc4_assets_tests.support.local_server import LocalServer, image_bytes, send
 
+pytestmark = pytest.mark.system
+
 SMALL = image_bytes(300, 200)
 BASE_SETTINGS = {
     "allow_private_networks": True,

@@ -136,6 +136,7 @@ download_shard(refs, data_dir=Path(sys.argv[1]), shard=1, settings=settings)
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.system
 def test_workers_die_with_a_killed_parent(server, tmp_path: Path):
     slow = {f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(40)}
     servers = [server(slow, host=host, latency=0.5) for host in HOSTS[:2]]
