@@ -1,4 +1,5 @@
-# mmc4_assets: `make demo` runs the pipeline offline on the bundled sample; `make test` runs the suite.
+# mmc4_assets: `make demo` runs the pipeline offline on the bundled sample; `make test` runs the suite
+# (`make test-fast` its unit tier).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 DAGSTER_HOME := $(CURDIR)
 export DAGSTER_HOME
 
-.PHONY: FORCE env libmagic pillow-simd-deps postgresql test test-pillow demo ui lint bench clean
+.PHONY: FORCE env libmagic pillow-simd-deps postgresql test test-fast test-pillow demo ui lint bench clean
 
 env: $(VENV)/.installed
 
@@ -78,8 +79,13 @@ $(VENV)/.installed: pyproject.toml $(VENV)/pil-flavour | libmagic $(if $(filter 
 test: env postgresql
 	$(BIN)/python -m pytest -q
 
+# The unit tier: every test but the `system` ones (servers, daemons, CLI runs), under a minute;
+# no PostgreSQL needed.
+test-fast: env
+	$(BIN)/python -m pytest -q -m "not system"
+
 # The imaging tests under plain Pillow (the fallback), first on the path ahead of the venv's PIL.
-IMAGING_TESTS := mmc4_assets_tests/downloader/test_prepare.py mmc4_assets_tests/downloader/test_pil.py
+IMAGING_TESTS := mmc4_assets_tests/downloader/imaging/test_prepare.py mmc4_assets_tests/downloader/imaging/test_pil.py
 test-pillow: env
 	PYTHONPATH=$(PILLOW_FALLBACK_DIR) MMC4_EXPECT_PIL=pillow $(BIN)/python -m pytest -q -n 0 $(IMAGING_TESTS)
 

@@ -64,7 +64,7 @@ def start_run(work: Path, name: str, urls: list[str], settings: dict, shard: int
     }
     path = work / f"{name}.spec.json"
     path.write_text(json.dumps(spec))
-    command = [sys.executable, "-m", "mmc4_assets_tests.downloader.shard_runner", str(path)]
+    command = [sys.executable, "-m", "mmc4_assets_tests.support.shard_runner", str(path)]
     bind = 'mount --bind "$0" /etc/hosts && exec "$@"'
     return subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind, str(hosts), *command],

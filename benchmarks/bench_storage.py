@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import dagster as dg  # noqa: E402
 
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard  # noqa: E402
-from mmc4_assets_tests.servers.seaweedfs import SeaweedS3  # noqa: E402
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard  # noqa: E402
+from mmc4_assets_tests.support.servers.seaweedfs import SeaweedS3  # noqa: E402
 from mmc4_devtools.loopback_web import LoopbackWeb  # noqa: E402
 from mmc4_devtools.sample_shard import write_sample_shard  # noqa: E402
 

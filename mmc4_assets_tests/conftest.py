@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import secrets
 import threading
-import zipfile
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,41 +14,39 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mmc4_assets_tests.servers.postgres import PostgresHome, PostgresServer
+from mmc4_assets_tests.support.servers.postgres import PostgresHome, PostgresServer
+from mmc4_assets_tests.support.shards import SHARD, zip_shard
 from mmc4_devtools.loopback_web import LoopbackWeb
 from mmc4_devtools.sample_shard import write_sample_shard
 
-SHARD = 42
+# Slow tests carry the `system` marker (pyproject.toml): daemons, webservers, CLI runs, kill -9,
+# runs at once, PostgreSQL or SeaweedFS (tens of seconds each, mostly waiting). They start first,
+# each on the next free xdist worker (`--maxschedchunk 1` in pyproject.toml hands tests out one
+# by one), and the many short tests fill the gaps, instead of one worker ending the session alone
+# on a long test. `system(order=n)` marks the costliest, measured: they start before the others,
+# lowest n first.
+SERVER_FIXTURES = ("postgres_server", "seaweed")
 
-# Tests that start daemons, webservers or CLI runs (tens of seconds each, mostly waiting), the
-# costliest first. They start first, each on the next free xdist worker (`--maxschedchunk 1` in
-# pyproject.toml hands tests out one by one), and the many short tests fill the gaps, instead of
-# one worker ending the session alone on a long test. A test missing here only loses its head
-# start.
-SLOW_TESTS = (
-    "test_a_backfill_survives_losing_its_host_mid_download",
-    "test_ui_backfills_run_in_parallel_within_the_queue_limits",
-    "test_a_download_killed_twice_then_started_twice_at_once",
-    "test_materialize_a_shard_from_the_ui",  # two stacks: `dg dev`, webserver + daemon
-    "test_a_run_declared_dead_while_working_stops_writing",
-    "test_materialize_docs_from_the_cli",  # three commands
-    "test_cli_runs_at_once_keep_a_sites_budget",  # three CLI runs at once
-    "test_a_docs_run_killed_mid_fetch_does_not_wedge_the_rerun",
-)
+
+def system_order(item: pytest.Item) -> float:
+    return item.get_closest_marker("system").kwargs.get("order", math.inf)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """SLOW_TESTS first, in that order, each followed by one short test (xdist gives a worker two
-    tests at the start: never two slow ones); the rest as collected. The same order on every
-    worker, as xdist requires."""
-
-    def name(item: pytest.Item) -> str:
-        return item.originalname if isinstance(item, pytest.Function) else item.name
-
-    slow = sorted(
-        (i for i in items if name(i) in SLOW_TESTS), key=lambda i: SLOW_TESTS.index(name(i))
-    )
-    rest = [item for item in items if name(item) not in SLOW_TESTS]
+    """The `system` tests first, by `order` (those without one as collected), each followed by
+    one short test (xdist gives a worker two tests at the start: never two slow ones); the rest
+    as collected. The same order on every worker, as xdist requires. A test that starts a
+    PostgreSQL or SeaweedFS server must be a `system` test: `make test-fast` runs without them."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if not item.get_closest_marker("system")
+        and any(name in getattr(item, "fixturenames", ()) for name in SERVER_FIXTURES)
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests that start a server, not marked `system`: {unmarked}")
+    slow = sorted((i for i in items if i.get_closest_marker("system")), key=system_order)
+    rest = [item for item in items if not item.get_closest_marker("system")]
     ordered = []
     for item in slow:
         ordered.append(item)
@@ -58,8 +56,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # Test packages of the Dagster-free layers (the corpus logic, the downloader, dev tools, training
-# packing): nothing in them opens a Dagster context.
+# packing): nothing in them, their subfolders included, opens a Dagster context.
 DAGSTER_FREE_PACKAGES = {"corpus", "downloader", "devtools", "training"}
+TESTS = Path(__file__).parent
+
+
+def in_dagster_free_package(path: Path) -> bool:
+    return any(TESTS / package in path.parents for package in DAGSTER_FREE_PACKAGES)
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +71,7 @@ def collect_garbage_after_each_test(request):
     its own test's neighbours at once instead of some later test, whenever the collector happens
     to run. (A collection costs about 0.1 s; the Dagster-free packages' tests skip it.)"""
     yield
-    if request.node.path.parent.name not in DAGSTER_FREE_PACKAGES:
+    if not in_dagster_free_package(request.node.path):
         gc.collect()
 
 
@@ -109,14 +112,6 @@ def image_web():
         yield web
 
 
-def zip_shard(plain: Path) -> Path:
-    zipped = plain.with_name(plain.name + ".zip")
-    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.write(plain, arcname=plain.name)
-    plain.unlink()
-    return zipped
-
-
 @pytest.fixture
 def shard_folder(tmp_path, image_web) -> Path:
     """A folder holding shard 42 as the corpus ships it (zipped), its images on the loopback web."""
@@ -151,30 +146,3 @@ def pipeline_env(monkeypatch, tmp_path, shard_folder) -> Path:
     monkeypatch.setenv("MMC4_DOCS_URL", str(shard_folder))
     monkeypatch.setenv("MMC4_ALLOW_PRIVATE_NETWORKS", "1")
     return data_dir
-
-
-def write_image_shard(folder: Path, shard: int, urls: list[str]) -> None:
-    """A shard with one two-sentence document per image URL (for tests that pick each URL)."""
-    import orjson
-
-    lines = []
-    for number, url in enumerate(urls):
-        lines.append(
-            orjson.dumps(
-                {
-                    "url": f"https://example.org/page/{number}",
-                    "text_list": ["A first sentence.", "A second sentence."],
-                    "image_info": [
-                        {
-                            "image_name": f"img{number:04d}.jpg",
-                            "raw_url": url,
-                            "face_detections": None,
-                            "matched_text_index": 0,
-                            "matched_sim": 0.3,
-                        }
-                    ],
-                    "similarity_matrix": [[0.3, 0.2]],
-                }
-            )
-        )
-    (folder / f"{shard}.jsonl").write_bytes(b"\n".join(lines) + b"\n")

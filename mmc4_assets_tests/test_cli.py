@@ -15,7 +15,9 @@ import dagster as dg
 import orjson
 import pytest
 
-from mmc4_assets_tests.instance_files import PROJECT_ROOT, write_home
+from mmc4_assets_tests.support.instance_files import PROJECT_ROOT, write_home
+
+pytestmark = pytest.mark.system
 
 BIN = Path(sys.executable).parent
 ASSET_KEYS = {
@@ -56,6 +58,7 @@ def run_cli(args: list[str], env: dict, home: Path) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("command", list(MATERIALIZE_DOCS), ids=list(MATERIALIZE_DOCS))
+@pytest.mark.system(order=6)
 def test_materialize_docs_from_the_cli(tmp_path, docs_server, command):
     data_dir = tmp_path / "data"
     env = {

@@ -29,11 +29,13 @@ from PIL import Image
 from mmc4_assets.corpus.status import check_status, read_status
 from mmc4_assets.downloader import iter_image_refs
 from mmc4_assets.run_health import live_runs
-from mmc4_assets_tests.conftest import SHARD, zip_shard
-from mmc4_assets_tests.instance_files import write_home
-from mmc4_assets_tests.materialize import materialize_shard
+from mmc4_assets_tests.support.instance_files import write_home
+from mmc4_assets_tests.support.materialize import materialize_shard
+from mmc4_assets_tests.support.shards import SHARD, zip_shard
 from mmc4_devtools.loopback_web import LoopbackWeb
 from mmc4_devtools.sample_shard import write_sample_shard
+
+pytestmark = pytest.mark.system
 
 BIN = Path(sys.executable).parent
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +164,7 @@ def fetch_docs_in_process(home: str) -> None:
         assert materialize_shard(instance, "raw_docs").success
 
 
+@pytest.mark.system(order=1)
 def test_a_download_killed_twice_then_started_twice_at_once(cli, slow_web):
     """The issue's case: kill -9 mid-download, twice; then the rerun, started twice at once
     (a double-click). The first rerun cleans up and downloads the rest; the other waits for it,
@@ -269,6 +272,7 @@ def dripping_docs(tmp_path):
     server.server_close()
 
 
+@pytest.mark.system(order=10)
 def test_a_docs_run_killed_mid_fetch_does_not_wedge_the_rerun(cli, dripping_docs):
     url, dripping = dripping_docs
     cli.env["MMC4_DOCS_URL"] = url
@@ -360,6 +364,7 @@ def submit_backfill(home: str, shards: list[str]) -> str:
 
 
 @pytest.mark.timeout(2 * RUN_TIMEOUT + 120)
+@pytest.mark.system(order=2)
 def test_a_backfill_survives_losing_its_host_mid_download(cli, slow_web):
     """The daemon, its code server and the runs it launched are killed at once (a lost host);
     when the daemon comes back, dead_runs_sensor fails the dead runs, run retries re-execute them
@@ -433,6 +438,7 @@ def test_a_backfill_survives_losing_its_host_mid_download(cli, slow_web):
     assert [slow_web.requests_for(url) for url in kept["url"]] == [0] * len(kept)
 
 
+@pytest.mark.system(order=9)
 def test_a_run_declared_dead_while_working_stops_writing(cli, slow_web):
     """If others gave up on a run (e.g. its host was cut off longer than dead_after_seconds) and
     it comes back, its heartbeat sees that and stops the step: one shard, one writer."""

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from mmc4_assets.assets.images import DOWNLOAD_RUN_TAGS
-from mmc4_assets_tests.instance_files import instance_settings
-from mmc4_assets_tests.servers.postgres import POSTGRES_DAGSTER_YAML, PROJECT_ROOT
+from mmc4_assets_tests.support.instance_files import instance_settings
+from mmc4_assets_tests.support.servers.postgres import POSTGRES_DAGSTER_YAML, PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
 HELM_VALUES = DEPLOY / "helm" / "values.yaml"

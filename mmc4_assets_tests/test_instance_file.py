@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmc4_assets_tests.instance_files import (
+from mmc4_assets_tests.support.instance_files import (
     PROJECT_ROOT,
     ROOT_FILES,
     instance_settings,
@@ -27,6 +27,8 @@ from mmc4_assets_tests.instance_files import (
 )
 from mmc4_assets_tests.test_cli import run_from
 from mmc4_assets_tests.test_webserver import running_stack, ui_commands, wait_for_server
+
+pytestmark = pytest.mark.system
 
 # corpus_summary: totals from metadata, so a run reads no shard and needs no server.
 LAUNCHES = {

@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 
 from mmc4_assets.corpus.status import read_status
-from mmc4_assets_tests.conftest import zip_shard
+from mmc4_assets_tests.support.shards import zip_shard
 from mmc4_assets_tests.test_webserver import (
     BIN,
     Stack,
@@ -27,6 +27,8 @@ from mmc4_assets_tests.test_webserver import (
     wait_for_server,
 )
 from mmc4_devtools.sample_shard import write_sample_shard
+
+pytestmark = pytest.mark.system
 
 DOCS = ["raw_docs", "reassigned_docs"]
 PIPELINE = [*DOCS, "downloaded_images", "status_report"]
@@ -126,6 +128,7 @@ def assert_backfills_succeeded(stack: Stack, backfills: dict[str, dict]) -> None
         assert backfill["status"] == "COMPLETED_SUCCESS", f"{backfill}\n{failures}"
 
 
+@pytest.mark.system(order=4)
 def test_ui_backfills_run_in_parallel_within_the_queue_limits(
     postgres_home, postgres_instance, tmp_path, shard_folder, docs_server, image_web
 ):

@@ -12,12 +12,14 @@ import yaml
 
 from mmc4_assets.corpus.status import read_status
 from mmc4_assets.resources import StalenessPolicy
-from mmc4_assets_tests.conftest import write_image_shard
-from mmc4_assets_tests.instance_files import ROOT_DAGSTER_YAML, instance_settings
-from mmc4_assets_tests.materialize import latest_metadata, materialize_shard
-from mmc4_assets_tests.servers.postgres import POSTGRES_DAGSTER_YAML
-from mmc4_assets_tests.test_schedule import evaluate
-from mmc4_assets_tests.test_sensor import PIPELINE, ImageHost, run_request, tick
+from mmc4_assets_tests.support.instance_files import ROOT_DAGSTER_YAML, instance_settings
+from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.servers.postgres import POSTGRES_DAGSTER_YAML
+from mmc4_assets_tests.support.shards import write_image_shard
+from mmc4_assets_tests.test_schedules import evaluate
+from mmc4_assets_tests.test_sensors import PIPELINE, ImageHost, run_request, tick
+
+pytestmark = pytest.mark.system
 
 EVERY_SHARD_ASSET = "raw_docs reassigned_docs downloaded_images status_report"
 

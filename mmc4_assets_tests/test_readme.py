@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mmc4_assets_tests.instance_files import PROJECT_ROOT
+from mmc4_assets_tests.support.instance_files import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
 DOCS = sorted((PROJECT_ROOT / "docs").glob("*.md"))

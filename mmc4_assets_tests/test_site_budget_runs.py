@@ -12,11 +12,14 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
-from mmc4_assets_tests.conftest import write_image_shard
-from mmc4_assets_tests.downloader.local_server import LocalServer, image_bytes, send
-from mmc4_assets_tests.instance_files import PROJECT_ROOT, write_home
-from mmc4_assets_tests.materialize import latest_metadata
+from mmc4_assets_tests.support.instance_files import PROJECT_ROOT, write_home
+from mmc4_assets_tests.support.local_server import LocalServer, image_bytes, send
+from mmc4_assets_tests.support.materialize import latest_metadata
+from mmc4_assets_tests.support.shards import write_image_shard
+
+pytestmark = pytest.mark.system
 
 BIN = os.path.dirname(sys.executable)
 SHARDS = (1, 2, 3)
@@ -64,6 +67,7 @@ def _three_runs(tmp_path, server: LocalServer, per_shard: int, budget: int):
     return home, outputs
 
 
+@pytest.mark.system(order=8)
 def test_cli_runs_at_once_keep_a_sites_budget(tmp_path):
     body = image_bytes(300, 200)
     server = LocalServer({f"/{i}.jpg": (lambda h: send(h, 200, body)) for i in range(36)},
@@ -81,6 +85,7 @@ def test_cli_runs_at_once_keep_a_sites_budget(tmp_path):
     assert all(m["robots_txt_fetched"] + m["robots_txt_from_cache"] == 1 for m in metadata)
 
 
+@pytest.mark.system(order=5)
 def test_a_run_that_waits_for_a_busy_site_gets_its_share_at_once(tmp_path):
     # One busy site, three runs started together: whichever holds the whole budget first must
     # come down to a fair share as its requests end, so the others are served alongside it,

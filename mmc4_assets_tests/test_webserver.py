@@ -22,8 +22,10 @@ import pytest
 import requests
 
 from mmc4_assets.corpus.shards import ALL_SHARDS
-from mmc4_assets_tests.instance_files import PROJECT_ROOT, project_root_copy
-from mmc4_assets_tests.servers.process import free_port
+from mmc4_assets_tests.support.instance_files import PROJECT_ROOT, project_root_copy
+from mmc4_assets_tests.support.servers.process import free_port
+
+pytestmark = pytest.mark.system
 
 BIN = Path(sys.executable).parent
 SHARD = "42"
@@ -296,6 +298,7 @@ def wait_for_run(stack: Stack, run_id: str, timeout: float = RUN_TIMEOUT) -> dic
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.system(order=7)
 def test_materialize_a_shard_from_the_ui(stack):
     wait_for_server(stack)
 

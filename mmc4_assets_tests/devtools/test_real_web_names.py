@@ -232,6 +232,7 @@ print(json.dumps(out))
 
 
 @needs_netns
+@pytest.mark.system
 def test_dns_server_answers_and_fails_as_planned_for_a_real_resolver():
     zone = {
         "img.example.com": NameRecord("127.77.1.2", "ok", 300.0),

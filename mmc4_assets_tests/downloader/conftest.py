@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import secrets
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import trustme
 
-from mmc4_assets_tests.downloader.local_server import LocalServer, SilentServer
+from mmc4_assets_tests.support.local_server import LocalServer, SilentServer, ThrowawayCA
 
 
 @pytest.fixture
@@ -27,7 +25,7 @@ def server():
         s.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.system)])
 def ledger_url(request, tmp_path) -> str:
     """A site ledger on SQLite (one machine) and on a real PostgreSQL (many)."""
     if request.param == "sqlite":
@@ -48,12 +46,6 @@ def silent_server():
     yield make
     for s in servers:
         s.close()
-
-
-@dataclass
-class ThrowawayCA:
-    bundle: Path  # the CA certificate, PEM: what a user passes as ca_bundle
-    server_context: ssl.SSLContext  # serves a certificate for 127.0.0.1 and localhost
 
 
 @pytest.fixture(scope="session")

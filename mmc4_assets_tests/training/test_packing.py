@@ -18,7 +18,7 @@ from mmc4_assets.training.files import existing_parts, sizes_path
 from mmc4_assets.training.packing import PartLimits, pack_shard
 from mmc4_assets.training.samples import sample_key
 from mmc4_assets.training.verify import count_training_shards
-from mmc4_assets_tests.training.openflamingo_reader import (
+from mmc4_assets_tests.support.openflamingo_reader import (
     check_sample,
     iter_file_members,
     iter_json_samples,
