@@ -59,7 +59,7 @@ from PIL import Image, ImageDraw
 from mmc4_devtools.commanded import CommandedProcess, reply, serve_commands
 from mmc4_devtools.dns_server import DnsProcess, NameRecord
 from mmc4_devtools.loopback_web import bomb_png, corrupt_jpeg, render_image
-from mmc4_devtools.real_web_sites import (
+from mmc4_devtools.real_web.sites import (
     CDN_NAMES,
     ROBOTS_FILES,
     ROBOTS_HTML,
