@@ -1,7 +1,7 @@
 """Development tools, not part of the product: never shipped in the wheel, never imported by it.
 
 The loopback webs the tests, the benchmarks and the offline demo fetch from (``loopback_web``, a
-small multi-host image web; ``real_web`` and ``real_web_sites``, one shaped like a real shard's),
+small multi-host image web; the ``real_web`` package, one shaped like a real shard's),
 their DNS server (``dns_server``), network namespaces to run a download in (``netns``), the
 command-line protocol of their server processes (``commanded``), the generated sample shard
 (``sample_shard``) and the offline demo (``demo``, what ``make demo`` runs).
