@@ -24,7 +24,7 @@ from mmc4_devtools.real_web import (
     RealWebConfig,
     make_plan,
 )
-from mmc4_devtools.real_web_sites import PRODUCT_TOKEN, site_of
+from mmc4_devtools.real_web.sites import PRODUCT_TOKEN, site_of
 
 needs_netns = pytest.mark.skipif(netns.available() is not None, reason=str(netns.available()))
 
