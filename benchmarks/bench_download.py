@@ -14,6 +14,9 @@ memory are its own. Two webs:
     .venv/bin/python benchmarks/bench_download.py --web real
 
 See benchmarks/README.md for what is measured and the options chosen for each tool.
+
+(~840 lines, one file on purpose: each peer's runner, the audit of its files and the report
+must read the same URL list and result records; its functions each do one of those.)
 """
 
 from __future__ import annotations
@@ -516,13 +519,106 @@ def img2dataset_trust(web_ca: Path, work: Path, which: str) -> Path:
     return combined
 
 
+def _real_contenders(args, web, entries: list[dict], settings: dict, i2d_ca: Path) -> list:
+    """(name, skip, realistic web, run, expected outcomes) for each contender on RealWeb."""
+    threads = args.img2dataset_threads or 256
+    cpus = os.cpu_count() or 1
+    all_ok = [{**e, "expect": "ok"} for e in entries]
+    per_run = {**settings, "ledger_url": None}
+    fixed = {**settings, "adaptive": False, "per_site": 8}
+    hand = {**fixed, "site_budgets": HAND_BUDGETS}
+    return [
+        (
+            "ours",
+            args.skip_ours,
+            True,
+            lambda d: run_ours(entries, d, web.ca_file, settings, args.runs),
+            entries,
+        ),
+        (
+            PER_RUN,
+            not args.compare_budgets,
+            True,
+            lambda d: run_ours(entries, d, web.ca_file, per_run, args.runs),
+            entries,
+        ),
+        (
+            HAND,
+            not args.compare_hand,
+            True,
+            lambda d: run_ours(entries, d, web.ca_file, hand, args.runs),
+            entries,
+        ),
+        (
+            FIXED,
+            not args.compare_hand,
+            True,
+            lambda d: run_ours(entries, d, web.ca_file, fixed, args.runs),
+            entries,
+        ),
+        (
+            "img2dataset",
+            args.skip_img2dataset,
+            True,
+            lambda d: run_img2dataset(entries, d, threads, cpus, i2d_ca),
+            None,
+        ),
+        (
+            FAST,
+            args.skip_fast,
+            False,
+            lambda d: run_ours(entries, d, web.ca_file, settings, args.runs),
+            all_ok,
+        ),
+    ]
+
+
+def _run_on_real_web(web, name: str, realistic: bool, run, expected, entries, work: Path) -> dict:
+    """One contender on RealWeb, the web's own counts of what it did added to its result."""
+    if name == "img2dataset":
+        _ensure_img2dataset()
+    web.set_mode(latency=realistic, faults=realistic)
+    web.reset()
+    before = web.stats()
+    print(f"running {name} on {len(entries)} URLs ...", flush=True)
+    folder = work / name.replace(", ", "-").replace(" ", "-")
+    folder.mkdir()
+    result = run(folder)
+    after = web.stats()
+    result["web_cpu_s"] = after["cpu_s"] - before["cpu_s"]
+    result["web_requests"] = after["requests"]
+    result["web"] = {
+        key: after[key]
+        for key in (
+            "max_in_flight_any_site",
+            "max_in_flight_any_host",
+            "disallowed_requests",
+            "throttle",
+            "peak_site_requests",  # the busiest sites' requests (age s, path) at peak
+        )
+    }
+    result["web"]["robots_requests"] = sum(after["robots_requests"].values())
+    result["web"]["busiest_sites"] = dict(Counter(after["max_in_flight_site"]).most_common(5))
+    if "dns" in after:
+        result["web"]["dns"] = after["dns"]
+    if expected is not None:
+        expectation_check(expected, result, name)
+    closed = {e["url"] for e in entries if e["expect"] == "robots_disallowed"}
+    if "ok_urls" in result:  # a peer that does not read robots.txt
+        urls = result.pop("ok_urls")
+        result["ok_robots_allowed"] = sum(url not in closed for url in urls)
+        # Among the URLs a client obeying robots.txt (RFC 9309: a 5xx robots.txt closes
+        # its origin for now) can get: the comparable count.
+        can_get = {e["url"] for e in entries if e["expect"] == "ok"}
+        result["ok_where_ours_can"] = sum(url in can_get for url in urls)
+    return result
+
+
 def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
     """Ours and img2dataset on RealWeb, then ours on the same URLs without latency or faults."""
     from mmc4_devtools.real_web import RealWeb
 
     config = _web_config(args)
-    threads = args.img2dataset_threads or 256
-    cpus = os.cpu_count() or 1
     web = RealWeb(config, processes=args.web_processes, pool_cache=BENCH / "realweb-pool")
     results: dict[str, tuple[int, dict]] = {}
     settings = _pairs(args.ours_setting)
@@ -532,100 +628,41 @@ def bench_real_web(args, work: Path) -> dict[str, tuple[int, dict]]:
         summary = web.plan.summary()
         print(f"real web up in {time.perf_counter() - started:.1f} s: {summary}")
         print(f"work folder: {work}", flush=True)
-        all_ok = [{**e, "expect": "ok"} for e in entries]
         i2d_ca = img2dataset_trust(web.ca_file, work, args.img2dataset_ca)
-        per_run = {**settings, "ledger_url": None}
-        fixed = {**settings, "adaptive": False, "per_site": 8}
-        hand = {**fixed, "site_budgets": HAND_BUDGETS}
-        contenders = [
-            (
-                "ours",
-                args.skip_ours,
-                True,
-                lambda d: run_ours(entries, d, web.ca_file, settings, args.runs),
-                entries,
-            ),
-            (
-                PER_RUN,
-                not args.compare_budgets,
-                True,
-                lambda d: run_ours(entries, d, web.ca_file, per_run, args.runs),
-                entries,
-            ),
-            (
-                HAND,
-                not args.compare_hand,
-                True,
-                lambda d: run_ours(entries, d, web.ca_file, hand, args.runs),
-                entries,
-            ),
-            (
-                FIXED,
-                not args.compare_hand,
-                True,
-                lambda d: run_ours(entries, d, web.ca_file, fixed, args.runs),
-                entries,
-            ),
-            (
-                "img2dataset",
-                args.skip_img2dataset,
-                True,
-                lambda d: run_img2dataset(entries, d, threads, cpus, i2d_ca),
-                None,
-            ),
-            (
-                FAST,
-                args.skip_fast,
-                False,
-                lambda d: run_ours(entries, d, web.ca_file, settings, args.runs),
-                all_ok,
-            ),
-        ]
+        contenders = _real_contenders(args, web, entries, settings, i2d_ca)
         for name, skip, realistic, run, expected in contenders:
             if skip:
                 continue
-            if name == "img2dataset":
-                _ensure_img2dataset()
-            web.set_mode(latency=realistic, faults=realistic)
-            web.reset()
-            before = web.stats()
-            print(f"running {name} on {len(entries)} URLs ...", flush=True)
-            folder = work / name.replace(", ", "-").replace(" ", "-")
-            folder.mkdir()
-            result = run(folder)
-            after = web.stats()
-            result["web_cpu_s"] = after["cpu_s"] - before["cpu_s"]
-            result["web_requests"] = after["requests"]
-            result["web"] = {
-                key: after[key]
-                for key in (
-                    "max_in_flight_any_site",
-                    "max_in_flight_any_host",
-                    "disallowed_requests",
-                    "throttle",
-                    "peak_site_requests",  # the busiest sites' requests (age s, path) at peak
-                )
-            }
-            result["web"]["robots_requests"] = sum(after["robots_requests"].values())
-            result["web"]["busiest_sites"] = dict(
-                Counter(after["max_in_flight_site"]).most_common(5)
-            )
-            if "dns" in after:
-                result["web"]["dns"] = after["dns"]
-            if expected is not None:
-                expectation_check(expected, result, name)
-            closed = {e["url"] for e in entries if e["expect"] == "robots_disallowed"}
-            if "ok_urls" in result:  # a peer that does not read robots.txt
-                urls = result.pop("ok_urls")
-                result["ok_robots_allowed"] = sum(url not in closed for url in urls)
-                # Among the URLs a client obeying robots.txt (RFC 9309: a 5xx robots.txt closes
-                # its origin for now) can get: the comparable count.
-                can_get = {e["url"] for e in entries if e["expect"] == "ok"}
-                result["ok_where_ours_can"] = sum(url in can_get for url in urls)
+            result = _run_on_real_web(web, name, realistic, run, expected, entries, work)
             results[name] = (len(entries), result)
             print(f"  {name}: {result['wall_s']:.1f} s", flush=True)
     report_real(results, config, summary, settings)
     return results
+
+
+def _report_politeness(results: dict[str, tuple[int, dict]]) -> None:
+    """What the web saw of each run of ours on one site, and the ledger's cost."""
+    for name in ("ours", PER_RUN, HAND, FIXED):
+        if name not in results:
+            continue
+        r = results[name][1]
+        engine = r.get("settings", {})
+        budget = engine.get("per_site", engine.get("per_host"))
+        if engine.get("adaptive"):
+            budget = f"learned, from {budget} up to {engine.get('max_per_site')}"
+        seen = r["web"]
+        politeness = r.get("politeness", {})
+        print(
+            f"{name}: most requests in flight at once on one site "
+            f"{seen['max_in_flight_any_site']}, on one host {seen['max_in_flight_any_host']} "
+            f"(budget per site: {budget}, shared: {bool(engine.get('ledger_url'))}); busiest "
+            f"sites {seen['busiest_sites']}; robots.txt requests {seen['robots_requests']}, "
+            f"requests for disallowed images {sum(seen['disallowed_requests'].values())}; "
+            f"site ledger: {politeness.get('ledger_transactions', 0):,} transactions, "
+            f"{politeness.get('ledger_ms', 0) / 1000:.1f} s; the engine's own count of its "
+            f"requests in flight on one site: {politeness.get('most_requests_per_site', 0)} "
+            "(per run)"
+        )
 
 
 def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, settings) -> None:
@@ -691,27 +728,7 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
             f"budgets shared by the {results['ours'][1]['runs']} runs / budgets per run: "
             f"{rate['ours'] / rate[PER_RUN]:.0%} of the images/s"
         )
-    for name in ("ours", PER_RUN, HAND, FIXED):
-        if name not in results:
-            continue
-        r = results[name][1]
-        engine = r.get("settings", {})
-        budget = engine.get("per_site", engine.get("per_host"))
-        if engine.get("adaptive"):
-            budget = f"learned, from {budget} up to {engine.get('max_per_site')}"
-        seen = r["web"]
-        politeness = r.get("politeness", {})
-        print(
-            f"{name}: most requests in flight at once on one site "
-            f"{seen['max_in_flight_any_site']}, on one host {seen['max_in_flight_any_host']} "
-            f"(budget per site: {budget}, shared: {bool(engine.get('ledger_url'))}); busiest "
-            f"sites {seen['busiest_sites']}; robots.txt requests {seen['robots_requests']}, "
-            f"requests for disallowed images {sum(seen['disallowed_requests'].values())}; "
-            f"site ledger: {politeness.get('ledger_transactions', 0):,} transactions, "
-            f"{politeness.get('ledger_ms', 0) / 1000:.1f} s; the engine's own count of its "
-            f"requests in flight on one site: {politeness.get('most_requests_per_site', 0)} "
-            "(per run)"
-        )
+    _report_politeness(results)
     for name, (_, r) in results.items():
         if r.get("invalid_kinds"):
             print(f"{name} invalid files: {r['invalid_kinds']}")

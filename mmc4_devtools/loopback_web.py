@@ -9,6 +9,10 @@ Content is generated from the path alone, so every run, process and machine sees
 
 - ``/img/{w}x{h}/{seed}.jpg|png``: a noisy gradient of that size, with ETag/Last-Modified and 304s.
 - ``/fault/...``: one path family per failure the downloader must classify (see ``_FAULTS``).
+
+(~700 lines in one module, in three parts that share the private server and handler: the
+images (rendering, caches), the request handler with its catalogue of faults (a few lines each,
+beside the handler that serves them), and ``LoopbackWeb`` with the benchmark's URL builder.)
 """
 
 from __future__ import annotations
