@@ -73,12 +73,16 @@ def start_run(work: Path, name: str, urls: list[str], settings: dict, shard: int
 
 
 def measure(mode: str, runs: int, args, work: Path, hosts: Path) -> dict:
+    """``runs`` shard runs at once in ``mode``, in a folder and on a ledger of their own (files or
+    limits left by an earlier measurement would be reused, not fetched or learned)."""
+    work = work / f"{mode}, {runs} run(s)"
+    work.mkdir()
     web = Web()
     settings = {
         "allow_private_networks": True,
         "respect_robots_txt": False,
         "fetch_processes": 1,
-        "ledger_url": f"sqlite:///{work / mode / 'ledger.sqlite'}",
+        "ledger_url": f"sqlite:///{work / 'ledger.sqlite'}",
     }
     if mode == "fixed budgets of 8":
         settings.update(adaptive=False, per_site=8)
@@ -133,7 +137,6 @@ def main() -> None:
     rows = []
     for runs in (1, 3):
         for mode in modes:
-            (work / mode).mkdir(exist_ok=True)
             print(f"{mode}, {runs} run(s) ...", flush=True)
             row = measure(mode, runs, args, work, hosts)
             rows.append(row)

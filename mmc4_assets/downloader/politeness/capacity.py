@@ -54,6 +54,10 @@ MIN_ERRORS = 3
 IDLE_GRACE_S = 60.0  # a site unobserved this long decays toward the start value
 IDLE_HALF_LIFE_S = 60.0
 FORGET_S = 600.0  # a site unobserved this long starts over
+# After a change of the limit, reports hold answers sent under the old one for about a report's
+# window (1 s) and an answer's time: until then they only update the estimates, whichever run
+# sends them (three runs report three times a second, and must not change it three times).
+SETTLE_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -117,13 +121,16 @@ def next_limit(
     more. ``limit`` is the site's current limit (``current``)."""
     new = dataclasses.replace(limit, observed_at=now, in_use=in_use, settling=False)
     answers = seen.bodies + seen.errors
-    if not limit.settling and seen.errors >= max(MIN_ERRORS, ERROR_SHARE * answers):
+    settling = limit.settling and now - limit.observed_at < SETTLE_S  # observed_at: its change
+    if not settling and seen.errors >= max(MIN_ERRORS, ERROR_SHARE * answers):
         return _set(new, new.limit * 0.7, ceiling, slow_start=False)
+    if settling:  # the load and latency before the change stay the reference
+        unloaded = limit.unloaded
+        if unloaded is None and seen.bodies >= MIN_SAMPLES:
+            unloaded = seen.fast
+        return dataclasses.replace(limit, unloaded=unloaded)
     if seen.bodies < MIN_SAMPLES:
         return new
-    if limit.settling:  # the load and latency before the change stay the reference
-        unloaded = limit.unloaded if limit.unloaded is not None else seen.fast
-        return dataclasses.replace(new, unloaded=unloaded, in_use=limit.in_use)
     unloaded, slow_start = limit.unloaded, new.slow_start
     if unloaded is None:
         # The first answers of a burst found the site idle, but by chance some are fast too.
