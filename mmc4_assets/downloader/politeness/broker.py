@@ -223,16 +223,14 @@ class SiteBroker:
             self._owner.setdefault(site, client)
             self._events.append(message)
         elif isinstance(message, Observed):
-            seen = Observation(
-                message.bodies, message.fast, message.median, message.errors, message.slow
-            )
+            seen = message.seen
             earlier = self._seen.get(site)
             if earlier is not None:  # two reports in one interval: the larger, errors of both
                 bigger = seen if seen.bodies >= earlier[0].bodies else earlier[0]
                 errors = seen.errors + earlier[0].errors
                 seen = dataclasses.replace(bigger, errors=errors)
             self._seen[site] = (seen, message.budget, message.start)
-            self.bodies[site] = self.bodies.get(site, 0) + message.bodies
+            self.bodies[site] = self.bodies.get(site, 0) + message.seen.bodies
 
     def _write_events(self, answers: dict) -> None:
         while self._events:

@@ -121,6 +121,7 @@ def next_limit(
     more. ``limit`` is the site's current limit (``current``)."""
     new = dataclasses.replace(limit, observed_at=now, in_use=in_use, settling=False)
     answers = seen.bodies + seen.errors
+    noise = noise_margin(seen)
     settling = limit.settling and now - limit.observed_at < SETTLE_S  # observed_at: its change
     if not settling and seen.errors >= max(MIN_ERRORS, ERROR_SHARE * answers):
         return _set(new, new.limit * 0.7, ceiling, slow_start=False)
@@ -134,11 +135,10 @@ def next_limit(
     unloaded, slow_start = limit.unloaded, new.slow_start
     if unloaded is None:
         # The first answers of a burst found the site idle, but by chance some are fast too.
-        unloaded = min(seen.median, seen.fast * noise_margin(seen))
-    elif seen.median * noise_margin(seen) < unloaded and seen.bodies >= RELIABLE_SAMPLES:
-        unloaded = seen.median * noise_margin(seen)  # only as low as the report proves
+        unloaded = min(seen.median, seen.fast * noise)
+    elif seen.median * noise < unloaded and seen.bodies >= RELIABLE_SAMPLES:
+        unloaded = seen.median * noise  # only as low as the report proves
     ratio = seen.median / unloaded if unloaded > 0 else 1.0
-    noise = noise_margin(seen)
     load_fell = limit.in_use and in_use * 1.2 <= limit.in_use
     fell_with_load = limit.loaded and seen.median * noise < 0.9 * limit.loaded
     if ratio > TOLERANCE and load_fell and not fell_with_load:

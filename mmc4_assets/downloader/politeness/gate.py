@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .capacity import MIN_ERRORS, MIN_SAMPLES
+from .capacity import MIN_ERRORS, MIN_SAMPLES, Observation
 from .messages import Held, Observed, SiteStatus, Successes, Throttled, ToBroker, ToGate, Want
 from .sites import SiteBudgets
 
@@ -154,21 +154,11 @@ class SiteGate:
             waited = now - self._first_seen.get(site, now)
             if len(samples) < MIN_SAMPLES and errors < MIN_ERRORS and waited < 10 * OBSERVE_S:
                 continue
-            fast = samples[len(samples) // 4] if samples else 0.0
-            median = samples[len(samples) // 2] if samples else 0.0
-            slow = samples[3 * len(samples) // 4] if samples else 0.0
-            self._outbox.append(
-                Observed(
-                    site,
-                    len(samples),
-                    fast,
-                    median,
-                    errors,
-                    budgets(site),
-                    budgets.start(site),
-                    slow,
-                )
-            )
+            n = len(samples)
+            quartiles = (samples[n // 4], samples[n // 2], samples[3 * n // 4]) if n else (0.0,) * 3
+            fast, median, slow = quartiles
+            seen = Observation(n, fast, median, errors, slow)
+            self._outbox.append(Observed(site, seen, budgets(site), budgets.start(site)))
             self._samples.pop(site, None)
             self._errors.pop(site, None)
             self._first_seen.pop(site, None)

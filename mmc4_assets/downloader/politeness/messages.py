@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .capacity import Observation
+
 # -- gate -> broker ----------------------------------------------------------------------------
 
 
@@ -41,16 +43,12 @@ class Successes(NamedTuple):
 
 
 class Observed(NamedTuple):
-    """What the loop saw of an adaptive site over about a second (``capacity.Observation``)."""
+    """What the loop saw of an adaptive site over about a second."""
 
     site: str
-    bodies: int  # answers with a body
-    fast: float  # their lower quartile time to the response head (s)
-    median: float  # their median
-    errors: int  # 5xx other than throttles, resets, timeouts
+    seen: Observation
     budget: int  # the site's ceiling
     start: int
-    slow: float = 0.0  # their upper quartile: how spread they are
 
 
 ToBroker = Want | Throttled | Successes | Observed
