@@ -28,6 +28,7 @@ backends).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -74,15 +75,21 @@ SCHEMA = (
         in_use INTEGER NOT NULL,
         observed_at DOUBLE PRECISION NOT NULL,
         peak DOUBLE PRECISION NOT NULL,
-        settling INTEGER NOT NULL)""",
+        settling INTEGER NOT NULL,
+        answers INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS mmc4_site_limits_observed ON mmc4_site_limits (observed_at)",
 )
-_LIMIT_COLUMNS = "site, lim, unloaded, loaded, slow_start, in_use, observed_at, peak, settling"
+# Columns added to a table after its first release: (table, column, definition). A ledger made
+# before them gets them when a run opens it (``migrate``).
+ADDED_COLUMNS = (("mmc4_site_limits", "answers", "INTEGER NOT NULL DEFAULT 0"),)
+_LIMIT_COLUMNS = (
+    "site, lim, unloaded, loaded, slow_start, in_use, observed_at, peak, settling, answers"
+)
 _STATE_COLUMNS = "site, paused_until, throttled_at, strikes, cap, credit"
 
 
 def _limit(row) -> SiteLimit:
-    site, limit, unloaded, loaded, slow_start, in_use, observed_at, peak, settling = row
+    site, limit, unloaded, loaded, slow_start, in_use, observed_at, peak, settling, answers = row
     return SiteLimit(
         site,
         float(limit),
@@ -93,7 +100,19 @@ def _limit(row) -> SiteLimit:
         observed_at,
         peak,
         bool(settling),
+        int(answers),
     )
+
+
+def migrate(cursor) -> None:
+    """Create the ledger's tables, and add the columns a ledger made by an older version lacks
+    (both databases take ``ALTER TABLE … ADD COLUMN``; the caller holds the schema's lock)."""
+    for statement in SCHEMA:
+        cursor.execute(statement)
+    for table, column, definition in ADDED_COLUMNS:
+        cursor.execute(f"SELECT * FROM {table} LIMIT 0")
+        if column not in {entry[0] for entry in cursor.description}:
+            cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 class Synced(NamedTuple):
@@ -286,14 +305,14 @@ class SiteLedger:
 
     def _write_limits(self, cursor, limits: list[SiteLimit]) -> None:
         for part in _chunks(limits):
-            values = ", ".join(f"({self._marks(9)})" for _ in part)
+            values = ", ".join(f"({self._marks(10)})" for _ in part)
             cursor.execute(
                 f"INSERT INTO mmc4_site_limits ({_LIMIT_COLUMNS}) VALUES {values} "
                 "ON CONFLICT (site) DO UPDATE SET lim = excluded.lim, "
                 "unloaded = excluded.unloaded, loaded = excluded.loaded, "
                 "slow_start = excluded.slow_start, in_use = excluded.in_use, "
                 "observed_at = excluded.observed_at, peak = excluded.peak, "
-                "settling = excluded.settling",
+                "settling = excluded.settling, answers = excluded.answers",
                 [
                     value
                     for limit in part
@@ -307,6 +326,7 @@ class SiteLedger:
                         limit.observed_at,
                         limit.peak,
                         int(limit.settling),
+                        limit.answers,
                     )
                 ],
             )
@@ -420,9 +440,10 @@ class SiteLedger:
     ) -> SiteState:
         """A 429 or 503 from ``site``: its state after ``rules.after_throttle``, for every run.
 
-        With ``start`` (adaptive limits; ``budget`` is then the ceiling), a new throttling
-        episode also halves the site's learned limit (``capacity.after_throttle``), and a
-        repeat's lowered budget halves what the site had, not the ceiling."""
+        With ``start`` (adaptive limits; ``budget`` is then the ceiling), the learned limit
+        takes the place of the lowered budget: a new episode changes it as
+        ``capacity.after_throttle`` says (halved unless the site answered many requests since
+        its last), and the state keeps no ``cap`` of its own."""
 
         def rule(state: SiteState, limit: int) -> SiteState:
             return after_throttle(
@@ -441,7 +462,7 @@ class SiteLedger:
             self._lock_states(cursor, [site], now)
             learned = capacity.current(self._limits(cursor, [site]).get(site), site, start, now)
             state = self._states(cursor, [site], now)[site]
-            new = rule(state, learned.allowed(budget))
+            new = dataclasses.replace(rule(state, budget), cap=None, credit=0)
             if new.throttled_at != state.throttled_at:  # a new episode
                 self._write_limits(cursor, [capacity.after_throttle(learned, budget, now)])
             self._write_state(cursor, new, now)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .ledger import SCHEMA, LedgerUnavailable, SiteLedger
+from .ledger import LedgerUnavailable, SiteLedger, migrate
 
 
 class SqliteLedger(SiteLedger):
@@ -40,8 +40,7 @@ class SqliteLedger(SiteLedger):
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=OFF")
         with self._transaction(write=True) as cursor:
-            for statement in SCHEMA:
-                cursor.execute(statement)
+            migrate(cursor)
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[sqlite3.Cursor]:
@@ -104,8 +103,7 @@ class PostgresLedger(SiteLedger):
         with self._transaction(write=True) as cursor:
             # One creator at a time: concurrent CREATE IF NOT EXISTS can collide in Postgres.
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext('mmc4_site_ledger'))")
-            for statement in SCHEMA:
-                cursor.execute(statement)
+            migrate(cursor)
 
     def _connect(self):
         if self._connection is None or self._connection.closed:

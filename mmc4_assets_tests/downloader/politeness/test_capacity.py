@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -151,7 +152,21 @@ def test_an_idle_site_decays_toward_its_start_and_is_forgotten():
     assert gone.limit == 4 and gone.unloaded is None
 
 
-def test_a_throttle_halves_the_limit():
-    limit = capacity.SiteLimit("a.test", 40.0, observed_at=0.0, peak=40.0)
+def test_a_throttle_soon_after_the_last_halves_the_limit_an_odd_one_does_not():
+    limit = capacity.SiteLimit("a.test", 40.0, observed_at=0.0, peak=40.0, answers=10)
     assert capacity.after_throttle(limit, 64, now=1.0).allowed(64) == 20
+    one_in_200 = dataclasses.replace(limit, answers=200)
+    kept = capacity.after_throttle(one_in_200, 64, now=1.0)
+    assert kept.allowed(64) == 40 and kept.answers == 0  # counting starts again
+    assert capacity.after_throttle(kept, 64, now=2.0).allowed(64) == 20
     assert capacity.after_throttle(fresh("a.test", 1, 0.0), 64, now=1.0).allowed(64) == 1
+
+
+def test_reports_count_the_answers_since_the_last_throttle():
+    limit = fresh("a.test", 4, 0.0)
+    for second in range(3):
+        limit = next_limit(
+            limit, Observation(30, 0.4, 0.5, errors=1), ceiling=64, in_use=4, bottleneck=False,
+            now=float(second + 1),
+        )  # fmt: skip
+    assert limit.answers == 93

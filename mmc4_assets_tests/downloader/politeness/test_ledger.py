@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from mmc4_assets.downloader.politeness.capacity import Observation, SiteLimit
 from mmc4_assets.downloader.politeness.ledger import SiteLedger
 from mmc4_assets.downloader.politeness.rules import REPEAT_WINDOW_S
 
@@ -93,6 +94,48 @@ def test_throttling_pauses_the_site_and_repeats_halve_its_budget(ledger_url):
     assert "cdn.net" in {state.site for state in changed}
     other.close()
     ledger.close()
+
+
+def learned_limit(ledger: SiteLedger, site: str) -> int:
+    return ledger.sync("probe", {site: (0, 64, 4)}).limits[site]
+
+
+def test_learned_limits_halve_on_throttles_that_come_often_not_on_a_busy_sites_odd_one(
+    ledger_url,
+):
+    """Adaptive limits (``start`` given): a throttle pauses the site as told; the learned limit
+    halves unless the site answered many requests since its last throttle, and no ``cap`` is
+    kept beside it (docs/politeness.md)."""
+    ledger = SiteLedger.open(ledger_url)
+    with ledger._transaction(write=True) as cursor:
+        now = ledger._now(cursor)
+        ledger._write_limits(cursor, [SiteLimit("cdn.net", 40.0, 0.3, observed_at=now, peak=40)])
+    adaptive = {"budget": 64, "started_ago": 0.0, "start": 4, **BACKOFF}
+    a_second_of_answers = Observation(bodies=200, fast=0.25, median=0.3, slow=0.35)
+    ledger.observe({"cdn.net": (a_second_of_answers, 64, 4)})
+    odd = ledger.throttle("cdn.net", retry_after=1.0, **adaptive)
+    assert 0.9 < odd.pause_left <= 1.001 and odd.cap is None
+    assert learned_limit(ledger, "cdn.net") == 40  # one throttle in 200 answers only pauses
+    granted, _, _, _ = ledger.sync("a", {"cdn.net": (8, 64, 4)})
+    assert granted == {"cdn.net": 0}  # none while paused, whatever the limit
+    time.sleep(odd.pause_left + 0.05)
+    again = ledger.throttle("cdn.net", retry_after=0.0, **adaptive)  # nothing answered since
+    assert again.strikes == 2 and again.cap is None and learned_limit(ledger, "cdn.net") == 20
+    ledger.close()
+
+
+def test_a_ledger_made_before_a_column_was_added_gets_it(ledger_url):
+    ledger = SiteLedger.open(ledger_url)
+    with ledger._transaction(write=True) as cursor:
+        cursor.execute("ALTER TABLE mmc4_site_limits DROP COLUMN answers")
+    ledger.close()
+    reopened = SiteLedger.open(ledger_url)
+    seen = Observation(bodies=20, fast=0.25, median=0.3, slow=0.35)
+    assert reopened.observe({"cdn.net": (seen, 64, 4)})["cdn.net"].answers == 20
+    with reopened._transaction(write=False) as cursor:
+        cursor.execute("SELECT answers FROM mmc4_site_limits WHERE site = 'cdn.net'")
+        assert cursor.fetchone()[0] == 20
+    reopened.close()
 
 
 def test_successes_earn_a_lowered_budget_back(ledger_url):
