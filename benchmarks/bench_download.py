@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -210,7 +211,7 @@ def run_ours(
     result = run_measured(cmd, cwd=ROOT, log=work / "ours.log", env=env)
     result.update(audit_files(data / "images"))
     outcomes: Counter[str] = Counter()
-    result["outcome_by_url"] = {}
+    result["outcome_by_url"], result["error_by_url"] = {}, {}
     for shard in range(runs):
         summary = data.parent / f"summary-{shard}.json"
         if not summary.exists():
@@ -218,6 +219,7 @@ def run_ours(
         one = json.loads(summary.read_text())
         outcomes.update(one["outcomes"])
         result["outcome_by_url"].update(one["outcome_by_url"])
+        result["error_by_url"].update(one["error_by_url"])
         result["settings"] = one["settings"]
         for key in ("startup_cpu_s", "step_cpu_s"):
             result[key] = result.get(key, 0.0) + one[key]
@@ -274,11 +276,19 @@ def worker_ours(refs_path: str, data_dir: str, shard: str, settings_json: str) -
         "settings": {k: v for k, v in vars(settings).items() if k != "ca_bundle"},
         "outcomes": dict(Counter(table["outcome"])),
         "outcome_by_url": dict(zip(table["url"], table["outcome"], strict=True)),
+        "error_by_url": {
+            url: error
+            for url, outcome, error in zip(
+                table["url"], table["outcome"], table["error"], strict=True
+            )
+            if outcome != "ok" and isinstance(error, str)
+        },
         "politeness": stats,
         "startup_cpu_s": startup.ru_utime + startup.ru_stime,  # interpreter and imports
         "step_cpu_s": end.ru_utime + end.ru_stime,  # the step's own process, start-up included
     }
     Path(data_dir).parent.joinpath(f"summary-{shard}.json").write_text(json.dumps(summary))
+    table.to_parquet(Path(data_dir).parent / f"status-{shard}.parquet")  # for --keep's reader
 
 
 def run_img2dataset(
@@ -384,13 +394,15 @@ def report(results: dict[str, tuple[int, dict]]) -> None:
 def expectation_check(entries: list[dict], r: dict, name: str = "ours") -> int:
     """How often our recorded outcome matches what the web says it should be; prints them."""
     got = r.pop("outcome_by_url", {})
-    misses = Counter(
-        (e["expect"], got.get(e["url"], "missing"))
-        for e in entries
-        if got.get(e["url"]) != e["expect"]
-    )
+    errors = r.pop("error_by_url", {})
+    missed = [e for e in entries if got.get(e["url"]) != e["expect"]]
+    misses = Counter((e["expect"], got.get(e["url"], "missing")) for e in missed)
     print(f"{name} outcomes: {r.get('outcomes')}")
     print(f"{name} outcome != expected: {sum(misses.values())} {dict(misses) if misses else ''}")
+    # Why, by the recorded error with the site's name taken out (the most common five).
+    why = Counter(re.sub(r"^[^:]*: ", "", errors.get(e["url"], "-"))[:90] for e in missed)
+    for reason, count in why.most_common(5):
+        print(f"  {count} x {reason}")
     r["outcome_mismatches"] = sum(misses.values())
     r["mismatch_kinds"] = {f"{want}->{got}": n for (want, got), n in misses.items()}
     return sum(misses.values())

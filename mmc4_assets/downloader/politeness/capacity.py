@@ -26,7 +26,9 @@ about what we have in flight times unloaded / loaded latency.
 - **Shrink** when the median passes ``TOLERANCE`` times unloaded: to the estimated capacity plus
   the headroom, never below half at once; when a quarter of the answers (three at least) are
   errors (5xx, resets, timeouts): by 30%; on a throttle (429/503) that follows another soon: by
-  half. Fast errors are no reason to grow: only bodies count as samples.
+  half. Fast errors are no reason to grow: only bodies count as samples. Only a request's first
+  attempt counts as an error: one broken URL tried three times within two seconds is one
+  error, not the three that cut wp.com's limit from 9 to 6 in a report of four bodies.
 - **Throttles** always pause the site as told (``rules.after_throttle``). A new episode halves
   its limit unless the site answered 1 / ``THROTTLE_SHARE`` requests or more since its last one
   (or since it was first seen): a site that throttles often means it. A big site whose odd URL

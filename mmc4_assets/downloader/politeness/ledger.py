@@ -462,6 +462,8 @@ class SiteLedger:
             self._lock_states(cursor, [site], now)
             learned = capacity.current(self._limits(cursor, [site]).get(site), site, start, now)
             state = self._states(cursor, [site], now)[site]
+            if learned.answers:  # it answered since its last throttle: pauses escalate anew
+                state = dataclasses.replace(state, strikes=0)  # (what credits do for a cap)
             new = dataclasses.replace(rule(state, budget), cap=None, credit=0)
             if new.throttled_at != state.throttled_at:  # a new episode
                 self._write_limits(cursor, [capacity.after_throttle(learned, budget, now)])

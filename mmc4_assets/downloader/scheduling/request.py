@@ -142,7 +142,8 @@ class Requests:
             return
         if result.outcome is None:
             self.gate.succeeded(site)
-        self.gate.observe(site, result.head_seconds, _site_error(result))
+        # A retry's error is the same broken URL again, not more evidence about the site.
+        self.gate.observe(site, result.head_seconds, _site_error(result) and result.attempts <= 1)
 
     async def robots(self, origin: str, site: str, host: str, slot: bool = True) -> None:
         """Fetch ``origin``'s robots.txt (in a slot of its site, unless for a redirect), then

@@ -121,6 +121,9 @@ def test_learned_limits_halve_on_throttles_that_come_often_not_on_a_busy_sites_o
     time.sleep(odd.pause_left + 0.05)
     again = ledger.throttle("cdn.net", retry_after=0.0, **adaptive)  # nothing answered since
     assert again.strikes == 2 and again.cap is None and learned_limit(ledger, "cdn.net") == 20
+    ledger.observe({"cdn.net": (a_second_of_answers, 64, 4)})
+    answered = ledger.throttle("cdn.net", retry_after=None, **adaptive)
+    assert answered.strikes == 1 and 0.3 < answered.pause_left <= 0.401  # escalation ends
     ledger.close()
 
 
