@@ -64,6 +64,12 @@ COLUMN_TYPES: dict[str, str] = {
     "host": _STR,
     "original_width": _INT,
     "original_height": _INT,
+    # Fingerprints (issue 24): the SHA-256 of the body as served (before any shrinking; null for
+    # a row rebuilt from a file on disk), the perceptual hash of its pixels (16 hex digits, as
+    # imagehash's str(phash)), the URL the last answer came from (after redirects).
+    "body_sha256": _STR,
+    "phash": _STR,
+    "final_url": _STR,
 }
 STATUS_COLUMNS: list[str] = list(COLUMN_TYPES)[:18]
 ALL_COLUMNS: list[str] = list(COLUMN_TYPES)
