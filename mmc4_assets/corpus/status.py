@@ -35,6 +35,8 @@ OUTCOMES: tuple[str, ...] = (
     "invalid_url",
     "gone",
     "robots_disallowed",
+    "placeholder",
+    "too_small",
 )
 RETRYABLE_OUTCOMES: frozenset[str] = frozenset({"timeout", "connection_error", "rate_limited"})
 """Outcomes worth another try later; http_error rows with http_status >= 500 are too."""
@@ -160,6 +162,8 @@ def reference_status_code(row) -> int:
     invalid_url       400 Bad Request
     gone              410 Gone
     robots_disallowed 451 (the site's robots.txt: the owner said no, as with opted_out)
+    placeholder       404 Not Found (a stand-in served instead of a 404: a soft 404)
+    too_small         422 Unprocessable Content (no picture to see, as with corrupt)
     ================  ======================================
     """
     outcome = row["outcome"]
@@ -190,6 +194,8 @@ _REFERENCE_CODES = {
     "invalid_url": 400,
     "gone": 410,
     "robots_disallowed": 451,
+    "placeholder": 404,
+    "too_small": 422,
 }
 
 

@@ -73,7 +73,8 @@ def sample() -> pd.DataFrame:
 
 
 def test_constants():
-    assert len(OUTCOMES) == 13 and "robots_disallowed" in OUTCOMES
+    assert len(OUTCOMES) == 15 and "robots_disallowed" in OUTCOMES
+    assert OUTCOMES[-2:] == ("placeholder", "too_small")  # stand-ins (issue 24): not retried
     assert RETRYABLE_OUTCOMES == {"timeout", "connection_error", "rate_limited"}
     assert STATUS_COLUMNS[:6] == ["shard", "doc", "index", "image_name", "url", "outcome"]
     assert len(STATUS_COLUMNS) == 18
@@ -122,6 +123,9 @@ def test_reference_codes():
     assert reference_status_code({"outcome": "http_error", "http_status": 403}) == 403
     assert reference_status_code({"outcome": "rate_limited", "http_status": 429}) == 429
     assert reference_status_code({"outcome": "connection_error", "http_status": None}) == 408
+    # A stand-in is a soft 404 (the site answered 200 with it); a tiny image has nothing to show.
+    assert reference_status_code({"outcome": "placeholder", "http_status": 200}) == 404
+    assert reference_status_code({"outcome": "too_small", "http_status": 200}) == 422
     assert {reference_status_code({"outcome": o, "http_status": pd.NA}) for o in OUTCOMES} >= {
         200,
         408,
