@@ -136,6 +136,24 @@ class ImageDownloader(dg.ConfigurableResource):
         description="PEM file of CA certificates trusted in addition to certifi's (a "
         "TLS-inspecting proxy's CA); unset reads MMC4_CA_BUNDLE. Verification is never off.",
     )
+    standin_min_urls: int = Field(
+        default=_DEFAULTS.standin_min_urls,
+        ge=0,
+        description="A body one site serves under this many distinct URLs (from "
+        "standin_min_documents documents or more) is a stand-in: outcome placeholder (0: "
+        "off; known stand-in URLs are still marked).",
+    )
+    standin_min_documents: int = Field(
+        default=_DEFAULTS.standin_min_documents,
+        ge=1,
+        description="Documents a stand-in's URLs must come from (see standin_min_urls).",
+    )
+    min_image_side: int = Field(
+        default=_DEFAULTS.min_image_side,
+        ge=1,
+        description="An image with a side under this many pixels is too_small (tracking "
+        "pixels, spacers): no file kept.",
+    )
 
     def budgets(self) -> dict[str, int]:
         """The per-site overrides: the field, else MMC4_SITE_BUDGETS (a clear error if bad)."""
@@ -173,6 +191,9 @@ class ImageDownloader(dg.ConfigurableResource):
             fetch_processes=self.fetch_processes,
             allow_private_networks=allow_private,
             ca_bundle=self.ca_bundle or os.environ.get("MMC4_CA_BUNDLE") or None,
+            standin_min_urls=self.standin_min_urls,
+            standin_min_documents=self.standin_min_documents,
+            min_image_side=self.min_image_side,
         )
 
 

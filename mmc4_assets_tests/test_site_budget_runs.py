@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from mmc4_assets_tests.support.instance_files import PROJECT_ROOT, write_home
-from mmc4_assets_tests.support.local_server import LocalServer, image_bytes, send
+from mmc4_assets_tests.support.local_server import LocalServer, image_bytes, image_routes
 from mmc4_assets_tests.support.materialize import latest_metadata
 from mmc4_assets_tests.support.shards import write_image_shard
 
@@ -70,8 +70,7 @@ def _three_runs(tmp_path, server: LocalServer, per_shard: int, budget: int):
 @pytest.mark.system(order=8)
 def test_cli_runs_at_once_keep_a_sites_budget(tmp_path):
     body = image_bytes(300, 200)
-    server = LocalServer({f"/{i}.jpg": (lambda h: send(h, 200, body)) for i in range(36)},
-                         latency=0.2)  # fmt: skip
+    server = LocalServer(image_routes(36, body), latency=0.2)
     home, _ = _three_runs(tmp_path, server, per_shard=12, budget=2)
     assert server.fetches() == 36
     assert server.max_active <= 2  # three runs, one site, one budget
@@ -92,8 +91,7 @@ def test_a_run_that_waits_for_a_busy_site_gets_its_share_at_once(tmp_path):
     # not after it (or never: a run idle for total_deadline gives its images up).
     per_shard, budget = 150, 6
     body = image_bytes(300, 200)
-    routes = {f"/{i}.jpg": (lambda h: send(h, 200, body)) for i in range(3 * per_shard)}
-    server = LocalServer(routes, latency=0.25)
+    server = LocalServer(image_routes(3 * per_shard, body), latency=0.25)
     home, outputs = _three_runs(tmp_path, server, per_shard, budget)
     assert server.max_active <= budget
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -35,6 +35,8 @@ OUTCOMES: tuple[str, ...] = (
     "invalid_url",
     "gone",
     "robots_disallowed",
+    "placeholder",
+    "too_small",
 )
 RETRYABLE_OUTCOMES: frozenset[str] = frozenset({"timeout", "connection_error", "rate_limited"})
 """Outcomes worth another try later; http_error rows with http_status >= 500 are too."""
@@ -64,6 +66,12 @@ COLUMN_TYPES: dict[str, str] = {
     "host": _STR,
     "original_width": _INT,
     "original_height": _INT,
+    # Fingerprints (issue 24): the SHA-256 of the body as served (before any shrinking; null for
+    # a row rebuilt from a file on disk), the perceptual hash of its pixels (16 hex digits, as
+    # imagehash's str(phash)), the URL the last answer came from (after redirects).
+    "body_sha256": _STR,
+    "phash": _STR,
+    "final_url": _STR,
 }
 STATUS_COLUMNS: list[str] = list(COLUMN_TYPES)[:18]
 ALL_COLUMNS: list[str] = list(COLUMN_TYPES)
@@ -154,6 +162,8 @@ def reference_status_code(row) -> int:
     invalid_url       400 Bad Request
     gone              410 Gone
     robots_disallowed 451 (the site's robots.txt: the owner said no, as with opted_out)
+    placeholder       404 Not Found (a stand-in served instead of a 404: a soft 404)
+    too_small         422 Unprocessable Content (no picture to see, as with corrupt)
     ================  ======================================
     """
     outcome = row["outcome"]
@@ -184,6 +194,8 @@ _REFERENCE_CODES = {
     "invalid_url": 400,
     "gone": 410,
     "robots_disallowed": 451,
+    "placeholder": 404,
+    "too_small": 422,
 }
 
 

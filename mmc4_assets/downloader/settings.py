@@ -66,6 +66,16 @@ class DownloadSettings:
     # Failed connections (refused, reset, timed out, no answer) to a host that has not answered
     # once this run, after which its remaining images end at once as retryable failures.
     breaker_failures: int = 3
+    # Stand-ins within a shard (storing/standins.py): a body one site serves under at least
+    # ``standin_min_urls`` distinct URLs from at least ``standin_min_documents`` documents is
+    # ``placeholder`` (0: no body is, by its count); an image with a side under
+    # ``min_image_side`` px is ``too_small``.
+    standin_min_urls: int = 5
+    standin_min_documents: int = 3
+    min_image_side: int = 10
+    # Known stand-in URLs besides the shipped list (standins.STANDIN_URLS): (site, regular
+    # expression of the path), e.g. ("example-cdn.com", r"/default-image\.png$").
+    standin_urls: tuple[tuple[str, str], ...] = ()
 
 
 class CaBundleError(ValueError):

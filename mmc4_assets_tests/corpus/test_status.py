@@ -7,10 +7,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmc4_assets.corpus.status import (
+    ALL_COLUMNS,
+    ARROW_SCHEMA,
     OUTCOMES,
+    REFERENCE_TSV_COLUMNS,
     RETRYABLE_OUTCOMES,
     STATUS_COLUMNS,
     check_status,
@@ -58,6 +62,9 @@ def sample() -> pd.DataFrame:
                 height=400,
                 sha256="ab" * 32,
                 etag='"x"',
+                body_sha256="cd" * 32,
+                phash="9de36ca292dcd60c",
+                final_url="https://cdn.example/0/0.jpg",
             ),
             row(0, 1, "timeout", error="deadline"),
             row(1, 1, "http_error", http_status=503),
@@ -66,7 +73,8 @@ def sample() -> pd.DataFrame:
 
 
 def test_constants():
-    assert len(OUTCOMES) == 13 and "robots_disallowed" in OUTCOMES
+    assert len(OUTCOMES) == 15 and "robots_disallowed" in OUTCOMES
+    assert OUTCOMES[-2:] == ("placeholder", "too_small")  # stand-ins (issue 24): not retried
     assert RETRYABLE_OUTCOMES == {"timeout", "connection_error", "rate_limited"}
     assert STATUS_COLUMNS[:6] == ["shard", "doc", "index", "image_name", "url", "outcome"]
     assert len(STATUS_COLUMNS) == 18
@@ -115,6 +123,9 @@ def test_reference_codes():
     assert reference_status_code({"outcome": "http_error", "http_status": 403}) == 403
     assert reference_status_code({"outcome": "rate_limited", "http_status": 429}) == 429
     assert reference_status_code({"outcome": "connection_error", "http_status": None}) == 408
+    # A stand-in is a soft 404 (the site answered 200 with it); a tiny image has nothing to show.
+    assert reference_status_code({"outcome": "placeholder", "http_status": 200}) == 404
+    assert reference_status_code({"outcome": "too_small", "http_status": 200}) == 422
     assert {reference_status_code({"outcome": o, "http_status": pd.NA}) for o in OUTCOMES} >= {
         200,
         408,
@@ -159,3 +170,58 @@ def test_check_status(tmp_path: Path):
     assert check_status(table, refs[:4], tmp_path) == []
     doubled = pd.concat([table, table.iloc[:1]])
     assert any("2 rows" in p for p in check_status(doubled, refs[:4], tmp_path))
+
+
+FINGERPRINTS = ["body_sha256", "phash", "final_url"]
+
+
+def test_fingerprints_are_the_last_columns(tmp_path: Path):
+    """Added at the end: the contract's columns, the extras before them and the tsv unchanged."""
+    assert ALL_COLUMNS[:18] == STATUS_COLUMNS
+    assert ALL_COLUMNS[18:] == ["host", "original_width", "original_height", *FINGERPRINTS]
+    assert REFERENCE_TSV_COLUMNS == [
+        "file",
+        "folder",
+        "local_identifier",
+        "mimetype",
+        "size",
+        "status",
+        "url",
+    ]
+    parquet, tsv = write_status(sample(), tmp_path, 42)
+    schema = pq.read_schema(parquet)
+    assert [str(schema.field(name).type) for name in FINGERPRINTS] == ["string"] * 3
+    assert all(schema.field(name).nullable for name in FINGERPRINTS)
+    table = read_status(tmp_path, 42)
+    ok = table[table.outcome == "ok"].iloc[0]
+    assert (ok.body_sha256, ok.phash, ok.final_url) == (
+        "cd" * 32,
+        "9de36ca292dcd60c",
+        "https://cdn.example/0/0.jpg",
+    )
+    assert table.loc[table.outcome != "ok", FINGERPRINTS].isna().all().all()
+    lines = gzip.decompress(tsv.read_bytes()).decode().splitlines()
+    assert {len(line.split("\t")) for line in lines} == {7}
+
+
+def test_a_table_written_before_the_fingerprints_is_read(tmp_path: Path):
+    """A parquet file of the schema without the three columns: read with them, null, typed."""
+    old_schema = pa.schema([f for f in ARROW_SCHEMA if f.name not in FINGERPRINTS])
+    frame = sample().drop(columns=FINGERPRINTS)
+    for name in old_schema.names:
+        if name not in frame.columns:
+            frame[name] = None
+    frame["fetched_at"] = pd.to_datetime(frame["fetched_at"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    arrow = pa.Table.from_pandas(frame[old_schema.names], schema=old_schema, preserve_index=False)
+    path = status_parquet_path(tmp_path, 42)
+    path.parent.mkdir(parents=True)
+    pq.write_table(arrow, path)
+    assert "phash" not in pq.read_schema(path).names
+    table = read_status(tmp_path, 42)
+    assert list(table.columns) == ALL_COLUMNS
+    assert [str(table[name].dtype) for name in FINGERPRINTS] == ["string"] * 3
+    assert table[FINGERPRINTS].isna().all().all() and len(table) == 4
+    write_status(table, tmp_path, 42)  # and written back with them
+    assert pq.read_schema(path).names == ALL_COLUMNS

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import socket
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import certifi
 import pytest
@@ -13,7 +15,10 @@ import requests
 import urllib3
 from PIL import Image
 
+from mmc4_assets.corpus.status import normalize_status
+from mmc4_assets.downloader.storing.standins import find_standins
 from mmc4_devtools.real_web import FAULTS, RealWeb, RealWebConfig, make_plan
+from mmc4_devtools.real_web.pool import served_body
 
 SMALL = RealWebConfig(
     images=200,
@@ -106,6 +111,50 @@ def test_plan_has_the_promised_shape():
     assert 15 <= sum(host.scheme == "https" for host in plan.hosts) <= 35
     assert {image.fault for image in plan.images if image.fault} == set(FAULTS)
     assert all(plan.hosts[image.host].kind == "live" for image in plan.images if image.fault)
+
+
+def test_no_real_image_is_a_stand_in():
+    """The web's ok images are each their own body (its pool picture and a trailer), so that
+    download_shard's stand-in rule, one body under many URLs of a site, finds none of them; with
+    the pool's bodies alone it would (a fifth of them on the benchmark's web)."""
+    config = RealWebConfig(images=3_000)
+    plan = make_plan(config)
+    pool = [b"picture %d" % i for i in range(config.pool_size)]
+
+    def table(body) -> object:
+        rows = [
+            {"shard": 0, "doc": i // 5, "index": i % 5, "image_name": str(i), "outcome": "ok",
+             "url": f"https://{plan.hosts[image.host].name}{image.path}", "width": 500,
+             "height": 400, "host": plan.hosts[image.host].name, "fetched_at": datetime.now(UTC),
+             "attempts": 1, "body_sha256": hashlib.sha256(body(image)).hexdigest()}
+            for i, image in enumerate(plan.images) if image.expect == "ok"
+        ]  # fmt: skip
+        return normalize_status(rows)
+
+    assert find_standins(table(lambda image: served_body(pool[image.pool], image.index))) == {}
+    assert len(find_standins(table(lambda image: pool[image.pool]))) > 200
+
+
+def test_two_images_of_one_pool_picture_are_two_bodies_of_one_picture(web):
+    plan = make_plan(SMALL)
+    entries = {e["url"]: e for e in web.entries()}
+    by_pool: dict[int, list[str]] = {}
+    for image in plan.images:
+        url = web.url(image)
+        entry = entries[url]
+        if entry["host_kind"] == "live" and entry["fault"] is None and entry["expect"] == "ok":
+            by_pool.setdefault(image.pool, []).append(url)
+    first, second = next(urls for urls in by_pool.values() if len(urls) >= 2)[:2]
+    bodies = [
+        requests.get(url, verify=str(web.ca_file), timeout=5).content for url in (first, second)
+    ]
+    assert bodies[0] != bodies[1]
+    pictures = []
+    for body in bodies:
+        with Image.open(io.BytesIO(body)) as image:
+            image.load()
+            pictures.append(image.tobytes())
+    assert pictures[0] == pictures[1]
 
 
 def test_https_verifies_with_the_generated_ca_only(web):

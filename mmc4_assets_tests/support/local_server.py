@@ -122,6 +122,22 @@ def image_bytes(width: int, height: int, fmt: str = "JPEG", color=(200, 40, 90))
     return buffer.getvalue()
 
 
+def variant(jpeg: bytes, n: int) -> bytes:
+    """The JPEG ``jpeg`` with a comment segment naming ``n``: the same picture, other bytes (one
+    server's images are not one body under many URLs, which is a stand-in's mark)."""
+    tag = f"image {n}".encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(tag) + 2).to_bytes(2, "big") + tag + jpeg[2:]
+
+
+def image_routes(count: int, jpeg: bytes) -> dict:
+    """Routes ``/0.jpg`` … serving ``count`` variants of ``jpeg``, one body each."""
+
+    def route(body: bytes):
+        return lambda h: send(h, 200, body)
+
+    return {f"/{i}.jpg": route(variant(jpeg, i)) for i in range(count)}
+
+
 def hang_up(h) -> None:
     """Close the connection abruptly (RST) without finishing the response."""
     h.wfile.flush()

@@ -12,6 +12,7 @@ from mmc4_devtools.loopback_web import bomb_png, corrupt_jpeg
 from mmc4_devtools.real_web.config import RealWebConfig
 from mmc4_devtools.real_web.faults import OVERSIZE_BYTES, ROBOTS_5XX_STATUS
 from mmc4_devtools.real_web.plan import Host, Plan
+from mmc4_devtools.real_web.pool import served_body
 from mmc4_devtools.real_web.sites import ROBOTS_HTML
 
 
@@ -60,7 +61,7 @@ class Responses:
         fault = image.fault if self.faults else None
         if hops is not None:
             fault = "redirect" if hops > 0 else None
-        body, ctype = self.pool[image.pool], self.ctypes[image.pool]
+        body, ctype = served_body(self.pool[image.pool], image.index), self.ctypes[image.pool]
         if fault is None or (fault in ("flaky503", "429") and count > 1):
             return await self._send(writer, method, 200, body, ctype)
         if fault == "429":

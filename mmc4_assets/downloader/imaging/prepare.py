@@ -6,7 +6,8 @@ images already within ``max_side`` are decoded only to prove they are whole and 
 original bytes; larger ones are decoded at reduced scale where the format allows (JPEG draft
 with the accurate IDCT), resized like ``mogrify -resize "800x800>"`` (Lanczos) and saved in
 their own format (JPEG quality 95 with its EXIF and ICC profile, PNG, GIF, WebP; other formats
-become PNG under the given name). An animation over the limit keeps only its first frame.
+become PNG under the given name). An animation over the limit keeps only its first frame. The
+perceptual hash (``phash``) comes from those same decoded pixels, the stored ones when shrunk.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from PIL import ImageFile
 
+from .phash import phash_hex
 from .pil import Image, avif_support
 from .sniff import sniff_mimetype
 
@@ -29,6 +31,9 @@ _MIME_OF = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP"
 # Decoding a huge non-JPEG image needs its full pixel buffer: allow only a couple at a time.
 _BIG_DECODE_PIXELS = 16_000_000
 _big_decodes = threading.BoundedSemaphore(2)
+# A JPEG kept as it is is decoded at reduced scale, but to at least this many pixels a side (or
+# whole): its perceptual hash, from those pixels, stays within a few bits of a full decode's.
+_HASHED_SIDE = 64
 
 
 class ImageRejected(Exception):
@@ -51,6 +56,9 @@ class PreparedImage:
     original_width: int
     original_height: int
     resized: bool
+    # The perceptual hash (16 hex digits, phash.py) of the pixels decoded here; None when the
+    # mode cannot be hashed.
+    phash: str | None = None
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -101,10 +109,11 @@ def _prepare_opened(image, data, mimetype, max_side, max_pixels) -> PreparedImag
     new_size = target_size(width, height, max_side)
     if new_size == (width, height):
         if image.format == "JPEG":
-            # Proving a JPEG whole needs its entropy decoding, not full-size pixels: 1/8 scale.
-            image.draft(image.mode, ((width + 7) // 8, (height + 7) // 8))
+            # Proving a JPEG whole needs its entropy decoding, not full-size pixels: 1/8 scale,
+            # or larger where 1/8 would leave the perceptual hash under _HASHED_SIDE pixels.
+            image.draft(image.mode, (_draft_side(width), _draft_side(height)))
         _decode(image, mimetype, width * height)
-        return PreparedImage(data, mimetype, width, height, width, height, False)
+        return PreparedImage(data, mimetype, width, height, width, height, False, _phash_of(image))
     fmt = image.format or ""
     if fmt == "JPEG":
         # Decoded at the smallest scale (1/2, 1/4, 1/8) still at least the target size, with
@@ -119,8 +128,27 @@ def _prepare_opened(image, data, mimetype, max_side, max_pixels) -> PreparedImag
     resized = image.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=2.0)
     encoded = _encode(resized, out_format, info)
     return PreparedImage(
-        encoded, _MIME_OF[out_format], new_size[0], new_size[1], width, height, True
+        encoded,
+        _MIME_OF[out_format],
+        new_size[0],
+        new_size[1],
+        width,
+        height,
+        True,
+        _phash_of(resized),  # the stored pixels: what a check of the file finds again
     )
+
+
+def _draft_side(side: int) -> int:
+    return max((side + 7) // 8, min(side, _HASHED_SIDE))
+
+
+def _phash_of(image: Image.Image) -> str | None:
+    """The perceptual hash of pixels already decoded, or None: a hash never fails an image."""
+    try:
+        return phash_hex(image)
+    except Exception:  # noqa: BLE001 - an exotic mode convert("L") does not know
+        return None
 
 
 def _decode(image, mimetype: str, pixels: int) -> None:

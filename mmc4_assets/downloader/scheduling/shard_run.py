@@ -27,6 +27,7 @@ from ..politeness.sites import site_of
 from ..refs import ImageRef
 from ..settings import DownloadSettings, tls_context
 from ..storing.names import NameAllocator, contained_path
+from ..storing.standins import mark_standins
 from ..storing.store import ImageJob, check_local_copy, failure_row, held_copy, remove_file
 from .fetch_loop import FetchLoop, ProgressInfo
 from .fetch_workers import fetch_in_workers, share_of, split_by_site, worker_count
@@ -66,6 +67,8 @@ def download_shard(
     once when ``settings.ca_bundle`` cannot be used. ``held`` ({relative path: size}, a listing
     of the shard's stored objects) stands in for the disk when the data folder is an object
     store: an image whose previous row is ok with that path and size is held, not fetched.
+    Once every row exists, stand-ins and tiny images (``storing/standins.py``) are marked
+    ``placeholder`` / ``too_small`` and their files deleted.
 
     Politeness: every site's slots come from the ledger at ``settings.ledger_url`` (shared with
     every run that names it), robots.txt entries from ``robots_store`` (default: the data
@@ -82,6 +85,16 @@ def download_shard(
         previous = read_status(data_dir, shard)
     folder = Path(data_dir) / "images" / str(shard)
     table = run.execute(folder, list(refs), _previous_rows(previous), targets)
+    # Stand-ins and tiny images, once every row exists: their rows marked, their files gone.
+    table, dropped = mark_standins(
+        table,
+        min_urls=settings.standin_min_urls,
+        min_documents=settings.standin_min_documents,
+        min_side=settings.min_image_side,
+        standin_urls=settings.standin_urls,
+    )
+    for relpath in dropped:
+        (Path(data_dir) / relpath).unlink(missing_ok=True)
     if stats is not None:
         stats.update(dict.fromkeys(COUNTERS, 0))
         stats.update(run.politeness)

@@ -77,6 +77,9 @@ def base_row(shard: int, job: ImageJob, attempts: int) -> dict:
         "host": job.host or host_of(ref.url),
         "original_width": None,
         "original_height": None,
+        "body_sha256": None,
+        "phash": None,
+        "final_url": None,
     }
 
 
@@ -86,7 +89,7 @@ def failure_row(
     row = base_row(shard, job, result.attempts if result else job.attempts)
     row.update(outcome=outcome, error=error)
     if result is not None:
-        row.update(http_status=result.http_status)
+        row.update(http_status=result.http_status, final_url=result.final_url)
     return row
 
 
@@ -123,6 +126,8 @@ def check_local_copy(job: ImageJob, settings: DownloadSettings, shard: int) -> d
         original_width=(old or {}).get("original_width") or described.width,
         original_height=(old or {}).get("original_height") or described.height,
         sha256=sha256(data),
+        phash=described.phash,  # body_sha256 stays null: the body as served is not known
+        final_url=(old or {}).get("final_url"),
         http_status=(old or {}).get("http_status"),
         etag=(old or {}).get("etag"),
         last_modified=(old or {}).get("last_modified"),
@@ -154,11 +159,12 @@ def store_body(job: ImageJob, result: FetchResult, settings: DownloadSettings, s
         prepared = prepare_image(body, max_side=settings.max_side, max_pixels=settings.max_pixels)
     except ImageRejected as rejected:
         row = failure_row(shard, job, rejected.outcome, str(rejected), result)
-        row["mimetype"] = rejected.mimetype
+        row.update(mimetype=rejected.mimetype, body_sha256=sha256(body))
         remove_file(job)
         return row
     with atomic_write(job.path, "wb") as handle:
         handle.write(prepared.data)
+    stored_sha256 = sha256(prepared.data)
     row = base_row(shard, job, result.attempts)
     row.update(
         outcome="ok",
@@ -170,9 +176,13 @@ def store_body(job: ImageJob, result: FetchResult, settings: DownloadSettings, s
         height=prepared.height,
         original_width=prepared.original_width,
         original_height=prepared.original_height,
-        sha256=sha256(prepared.data),
+        sha256=stored_sha256,
         etag=result.etag,
         last_modified=result.last_modified,
+        # A body kept as it is was hashed once, as the stored file.
+        body_sha256=sha256(body) if prepared.resized else stored_sha256,
+        phash=prepared.phash,
+        final_url=result.final_url,
     )
     return row
 
@@ -190,6 +200,7 @@ def store_outcome(job: ImageJob, result: FetchResult, shard: int) -> dict:
             error=None,
             etag=result.etag or old.get("etag"),
             last_modified=result.last_modified or old.get("last_modified"),
+            final_url=result.final_url or old.get("final_url"),
         )
         return row
     if result.outcome == "not_modified":  # 304 without a copy to keep: never asked for it

@@ -21,6 +21,8 @@ SETTINGS = DownloadSettings(
     backoff_max=0.1,
     per_site=2,
     adaptive=False,
+    # One picture under many URLs here: not a stand-in (those: test_standins_run.py).
+    standin_min_urls=0,
     breaker_failures=3,
     respect_robots_txt=False,  # the breaker itself (test_robots.py: hosts whose robots.txt fails)
 )

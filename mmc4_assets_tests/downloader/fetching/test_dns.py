@@ -37,6 +37,7 @@ SETTINGS = {
     "backoff_base": 0.05,
     "backoff_max": 0.1,
     "fetch_processes": 1,
+    "standin_min_urls": 0,  # one picture under many URLs: not a stand-in (test_standins_run.py)
 }
 
 

@@ -36,6 +36,7 @@ BASE_SETTINGS = {
     "backoff_max": 0.5,
     "fetch_processes": 1,
     "adaptive": False,  # the fixed budgets' guarantees; learned limits: test_capacity_web.py
+    "standin_min_urls": 0,  # one picture under many URLs: not a stand-in (test_standins_run.py)
 }
 
 

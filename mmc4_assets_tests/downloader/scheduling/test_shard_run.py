@@ -32,6 +32,8 @@ SETTINGS = DownloadSettings(
     max_concurrency=16,
     per_site=8,
     adaptive=False,  # fixed budgets here; the learned limits: test_capacity_web.py
+    # One picture under many URLs here: not a stand-in (those: test_standins_run.py).
+    standin_min_urls=0,
 )
 BIG = image_bytes(2000, 1000)
 SMALL = image_bytes(500, 300)
