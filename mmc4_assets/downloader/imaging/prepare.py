@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from PIL import ImageFile
 
-from .phash import phash_hex
+from .phash import from_thumbnail, thumbnail
 from .pil import Image, avif_support
 from .sniff import sniff_mimetype
 
@@ -56,9 +56,14 @@ class PreparedImage:
     original_width: int
     original_height: int
     resized: bool
-    # The perceptual hash (16 hex digits, phash.py) of the pixels decoded here; None when the
-    # mode cannot be hashed.
-    phash: str | None = None
+    # The gray 32x32 pixels of the perceptual hash (phash.py) of the pixels decoded here; None
+    # when the mode cannot be hashed. The hash itself is made where the rows are kept.
+    thumbnail: bytes | None = None
+
+    @property
+    def phash(self) -> str | None:
+        """The perceptual hash, 16 hex digits."""
+        return None if self.thumbnail is None else from_thumbnail(self.thumbnail)
 
 
 def target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -143,10 +148,11 @@ def _draft_side(side: int) -> int:
     return max((side + 7) // 8, min(side, _HASHED_SIDE))
 
 
-def _phash_of(image: Image.Image) -> str | None:
-    """The perceptual hash of pixels already decoded, or None: a hash never fails an image."""
+def _phash_of(image: Image.Image) -> bytes | None:
+    """The perceptual hash's pixels of an image already decoded, or None: a hash never fails
+    an image."""
     try:
-        return phash_hex(image)
+        return thumbnail(image)
     except Exception:  # noqa: BLE001 - an exotic mode convert("L") does not know
         return None
 

@@ -19,6 +19,7 @@ from mmc4_assets.corpus.status import ALL_COLUMNS, normalize_status, read_status
 from mmc4_assets.storage import DataStore, LocalStore
 
 from ..fetching.urls import InvalidUrl, check_url, host_of
+from ..imaging.phash import from_thumbnail
 from ..politeness import COUNTERS
 from ..politeness.broker import SiteBroker, local_link, open_broker
 from ..politeness.robots import origin_of
@@ -179,6 +180,10 @@ class _ShardRun(FetchLoop):
         return remaining
 
     def keep(self, position: int, row: dict) -> None:
+        # Rows from the decoders carry the perceptual hash's pixels; it is made here, where
+        # numpy is loaded anyway (imaging/phash.py).
+        if isinstance(row.get("phash"), bytes):
+            row["phash"] = from_thumbnail(row["phash"])
         # A tuple, not the dict: 25k long-lived dicts scattered among body buffers fragment the
         # heap; tuples are a third the size and live in Python's own small-object arenas.
         self.rows[position] = tuple(row.get(name) for name in ALL_COLUMNS)

@@ -126,7 +126,7 @@ def check_local_copy(job: ImageJob, settings: DownloadSettings, shard: int) -> d
         original_width=(old or {}).get("original_width") or described.width,
         original_height=(old or {}).get("original_height") or described.height,
         sha256=sha256(data),
-        phash=described.phash,  # body_sha256 stays null: the body as served is not known
+        phash=described.thumbnail,  # body_sha256 stays null: the body as served is not known
         final_url=(old or {}).get("final_url"),
         http_status=(old or {}).get("http_status"),
         etag=(old or {}).get("etag"),
@@ -181,7 +181,7 @@ def store_body(job: ImageJob, result: FetchResult, settings: DownloadSettings, s
         last_modified=result.last_modified,
         # A body kept as it is was hashed once, as the stored file.
         body_sha256=sha256(body) if prepared.resized else stored_sha256,
-        phash=prepared.phash,
+        phash=prepared.thumbnail,
         final_url=result.final_url,
     )
     return row

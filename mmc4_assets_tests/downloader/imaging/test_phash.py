@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -107,3 +109,22 @@ def test_shrunk_image_hash_is_its_stored_file_hash():
     with Image.open(io.BytesIO(prepared.data)) as stored:
         stored.load()
         assert hamming(prepared.phash, phash_hex(stored)) <= 2
+
+
+def test_a_fetch_process_prepares_images_without_numpy():
+    """The hash's numpy half runs where rows are kept: a fetch process's imports and image
+    work stay numpy-free (about 12 MB per process; docs in imaging/phash.py)."""
+    script = (
+        "import io, sys\n"
+        "from PIL import Image\n"
+        "import mmc4_assets.downloader.scheduling.fetch_loop\n"
+        "from mmc4_assets.downloader.imaging.prepare import prepare_image\n"
+        "buffer = io.BytesIO()\n"
+        "Image.new('RGB', (1200, 900), (200, 30, 30)).save(buffer, 'JPEG')\n"
+        "prepared = prepare_image(buffer.getvalue())\n"
+        "assert prepared.resized and len(prepared.thumbnail) == 32 * 32\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
