@@ -80,7 +80,10 @@ class CapacityServer:
                 with self._lock:
                     self.busy -= 1
                     self._lock.notify()
-            self._send(handler, status, self.body if status == 200 else b"busy")
+            # Each path its own body (the picture, then its path after the JPEG's end): one body
+            # under many URLs is a stand-in (storing/standins.py).
+            body = self.body + handler.path.encode()[:200] if status == 200 else b"busy"
+            self._send(handler, status, body)
         finally:
             with self._lock:
                 self.in_flight -= 1

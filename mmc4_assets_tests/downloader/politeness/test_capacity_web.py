@@ -26,8 +26,6 @@ SETTINGS = DownloadSettings(
     total_deadline=60.0,
     backoff_base=0.3,
     fetch_processes=1,
-    # One picture under many URLs here: not a stand-in (those: test_standins_run.py).
-    standin_min_urls=0,
 )
 
 
