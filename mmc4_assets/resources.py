@@ -230,13 +230,18 @@ _PART_LIMITS = PartLimits()
 
 
 class TrainingShardSettings(dg.ConfigurableResource):
-    """How big each training tar (`webdataset/{shard}-{part}.tar`) may grow."""
+    """How big each training tar (`webdataset/{shard}-{part}.tar`) may grow, and which
+    documents it leaves out."""
 
     documents_per_part: int = Field(
         default=_PART_LIMITS.documents, ge=1, description="Samples in one tar at most."
     )
     bytes_per_part: int = Field(
         default=_PART_LIMITS.bytes, ge=1, description="Bytes of one tar at most (512 MiB)."
+    )
+    leave_out_url_duplicates: bool = Field(
+        default=False,
+        description="Leave out the documents mmc4 marks could_have_url_duplicate (about 3%).",
     )
 
     def limits(self) -> PartLimits:

@@ -19,7 +19,7 @@ from mmc4_assets.run_health import RunHealth
 from mmc4_assets.storage import layout
 from mmc4_assets.storage.publish import publish_training
 from mmc4_assets.training.packing import PackResult, pack_shard
-from mmc4_assets.training.samples import LEFT_OUT_REASONS
+from mmc4_assets.training.samples import IMAGES_LEFT_OUT, LEFT_OUT_REASONS
 
 TRAINING_SHARDS = dg.AssetKey("training_shards")
 
@@ -42,6 +42,8 @@ def _metadata(result: PackResult, wall: float, sizes: dg.MetadataValue) -> dict:
         "images_below_loader_floor": stats.images_below_loader_floor,
         "images_missing": stats.images_missing,
         "images_not_matching_status": stats.images_not_matching_status,
+        # Stand-ins and tiny images (status placeholder / too_small): never embedded.
+        **{f"images_{outcome}": stats.images_left_out[outcome] for outcome in IMAGES_LEFT_OUT},
         "parts": len(result.parts),
         "bytes": result.bytes,
         "tars": dg.MetadataValue.md(_parts_table(result)),
@@ -90,7 +92,10 @@ def training_shards(
                     wanted = status.loc[status["outcome"] == "ok", "path"].dropna().astype(str)
                     store.fetch(work, sorted(set(wanted) & set(stored)), known=True)
                 started = time.monotonic()
-                result = pack_shard(work / docs, status, work, shard, limits)
+                result = pack_shard(
+                    work / docs, status, work, shard, limits,
+                    training_shard_settings.leave_out_url_duplicates,
+                )  # fmt: skip
                 wall = time.monotonic() - started
                 if store.remote:
                     names = [part.name for part in result.parts]

@@ -24,7 +24,13 @@ from mmc4_assets.training.files import (
     remove,
     sizes_path,
 )
-from mmc4_assets.training.samples import Sample, SampleStats, held_images, iter_samples
+from mmc4_assets.training.samples import (
+    Sample,
+    SampleStats,
+    held_images,
+    iter_samples,
+    left_out_images,
+)
 from mmc4_assets.training.tar_writer import SampleTarWriter, member_bytes, tar_bytes
 
 
@@ -110,15 +116,22 @@ def pack_shard(
     data_dir: str | os.PathLike,
     shard: int,
     limits: PartLimits = PartLimits(),
+    skip_url_duplicates: bool = False,
 ) -> PackResult:
     """Write the shard's training tars and sizes sidecar from its reassigned documents and its
-    status table; return what was written and counted."""
+    status table; return what was written and counted. Stand-ins and tiny images are never
+    embedded (they are not ``ok``); with ``skip_url_duplicates``, documents mmc4 marks
+    ``could_have_url_duplicate`` are left out too."""
     data_dir = Path(data_dir)
     result = PackResult(stats=SampleStats())
     held = held_images(status)
     with contextlib.ExitStack() as stack:
         sink = _PartSink(data_dir, shard, limits, stack)
-        for sample in iter_samples(docs_path, shard, held, data_dir, result.stats):
+        samples = iter_samples(
+            docs_path, shard, held, data_dir, result.stats, left_out_images(status),
+            skip_url_duplicates,
+        )  # fmt: skip
+        for sample in samples:
             sink.add(sample)
         result.parts = sink.finish()
     result.sizes_path = sizes_path(data_dir, shard)

@@ -14,7 +14,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +27,12 @@ from mmc4_assets.corpus.docs import validate_document
 LOADER_MIN_KB = 10
 """OpenFlamingo drops an embedded image when `len(bytes) // 1000 <= 10`; we count those."""
 
-LEFT_OUT_REASONS = ("malformed", "no_images", "no_image_held")
-"""Why a document gets no sample: a bad line (kept in reassigned_docs), no images at all, or
-images of which we hold none."""
+LEFT_OUT_REASONS = ("malformed", "no_images", "no_image_held", "url_duplicate")
+"""Why a document gets no sample: a bad line (kept in reassigned_docs), no images at all,
+images of which we hold none, or (when asked) mmc4's ``could_have_url_duplicate`` mark."""
+IMAGES_LEFT_OUT = ("placeholder", "too_small")
+"""Status outcomes of images that are not what the page showed (a stand-in, a tracking pixel):
+never embedded, counted apart in the metadata."""
 
 KEY_PATTERN = re.compile(r"\d{5}-\d{6,}")
 
@@ -66,6 +69,7 @@ class SampleStats:
     images_below_loader_floor: int = 0  # embedded, but OpenFlamingo will skip them
     images_missing: int = 0  # ok in the status table, but no readable file
     images_not_matching_status: int = 0  # the status row names another image
+    images_left_out: Counter = field(default_factory=Counter)  # by IMAGES_LEFT_OUT outcome
     image_bytes: int = 0  # embedded, before base64
 
 
@@ -77,6 +81,15 @@ def held_images(status: pd.DataFrame | None) -> dict[tuple[int, int], HeldImage]
     keys = zip(ok["doc"].tolist(), ok["index"].tolist(), strict=True)
     values = map(HeldImage, ok["image_name"].tolist(), ok["path"].tolist())
     return dict(zip(keys, values, strict=True))
+
+
+def left_out_images(status: pd.DataFrame | None) -> dict[tuple[int, int], str]:
+    """(doc, index) -> outcome, for the rows of the status table in ``IMAGES_LEFT_OUT``."""
+    if status is None or status.empty:
+        return {}
+    rows = status[status["outcome"].isin(IMAGES_LEFT_OUT)]
+    keys = zip(rows["doc"].tolist(), rows["index"].tolist(), strict=True)
+    return dict(zip(keys, rows["outcome"].tolist(), strict=True))
 
 
 def parse_json(line: bytes) -> tuple[object, bool]:
@@ -116,12 +129,16 @@ def _embed(
     held: dict[tuple[int, int], HeldImage],
     data_dir: Path,
     stats: SampleStats,
+    left_out: Mapping[tuple[int, int], str],
 ) -> int:
     """Add `image_base64` to each entry whose image we hold; return how many were added."""
     embedded = 0
     for index, entry in enumerate(document["image_info"]):
         image = held.get((doc, index))
         if image is None:
+            reason = left_out.get((doc, index))
+            if reason is not None:
+                stats.images_left_out[reason] += 1
             continue
         if image.image_name != entry["image_name"]:
             stats.images_not_matching_status += 1
@@ -143,9 +160,13 @@ def iter_samples(
     held: dict[tuple[int, int], HeldImage],
     data_dir: str | os.PathLike,
     stats: SampleStats,
+    left_out: Mapping[tuple[int, int], str] | None = None,
+    skip_url_duplicates: bool = False,
 ) -> Iterator[Sample]:
     """Yield the shard's samples in line order, one document in memory at a time; ``stats``
-    is filled in as they go."""
+    is filled in as they go. ``left_out``: the images ``left_out_images`` names, counted;
+    ``skip_url_duplicates``: documents mmc4 marks ``could_have_url_duplicate`` get no sample."""
+    left_out = left_out or {}
     data_dir = Path(data_dir)
     with open(docs_path, "rb") as handle:
         for doc, line in enumerate(handle):
@@ -158,7 +179,10 @@ def iter_samples(
             if not document["image_info"]:
                 stats.left_out["no_images"] += 1
                 continue
-            embedded = _embed(document, doc, held, data_dir, stats)
+            if skip_url_duplicates and document.get("could_have_url_duplicate"):
+                stats.left_out["url_duplicate"] += 1
+                continue
+            embedded = _embed(document, doc, held, data_dir, stats, left_out)
             if not embedded:
                 stats.left_out["no_image_held"] += 1
                 continue

@@ -159,6 +159,41 @@ def test_samples_embed_held_images_and_leave_out_the_rest(shard_dir):
     assert checked is not None
 
 
+def test_stand_ins_tiny_images_and_url_duplicates_are_left_out(shard_dir):
+    """Images the status table marks placeholder or too_small are never embedded, and counted;
+    documents mmc4 marks could_have_url_duplicate are left out when asked (issue 24)."""
+    status = read_status(shard_dir, SHARD)
+    marked = {(0, 1): "too_small", (4, 1): "placeholder"}  # tiny.jpg; big.jpg in doc 4
+    for (doc, index), outcome in marked.items():
+        row = (status["doc"] == doc) & (status["index"] == index)
+        status.loc[row, ["outcome", "path"]] = [outcome, None]
+    write_status(status, shard_dir, SHARD)
+    docs = shard_dir / "reassigned_docs" / f"{SHARD}.jsonl"
+    lines = docs.read_text().splitlines()
+    marked_line = json.loads(lines[5])
+    marked_line["could_have_url_duplicate"] = 1
+    lines[5] = json.dumps(marked_line)
+    docs.write_text("\n".join(lines) + "\n")
+
+    kept = _pack(shard_dir).stats
+    assert dict(kept.images_left_out) == {"too_small": 1, "placeholder": 1}
+    # Doc 4 had big.jpg (now a stand-in) and a deleted file: nothing of it is held any more.
+    assert kept.samples == 3 and kept.images_embedded == 3 and kept.left_out["no_image_held"] == 2
+    tar = shard_dir / "webdataset" / f"{SHARD}-000.tar"
+    embedded = {
+        (split_key(key)[1], entry["image_name"])
+        for key, payload in iter_json_samples([str(tar)])
+        for entry in check_sample(payload)["document"]["image_info"]
+        if "image_base64" in entry
+    }
+    assert embedded == {(0, "big.jpg"), (5, "nan.jpg"), (6, "other.jpg")}
+
+    skipped = pack_shard(
+        docs, read_status(shard_dir, SHARD), shard_dir, SHARD, skip_url_duplicates=True
+    ).stats
+    assert skipped.left_out["url_duplicate"] == 1 and skipped.samples == 2
+
+
 def test_nan_similarities_are_written_back_as_the_stdlib_reads_them(shard_dir):
     _pack(shard_dir)
     tar = str(shard_dir / "webdataset" / f"{SHARD}-000.tar")
