@@ -155,6 +155,14 @@ class ImageDownloader(dg.ConfigurableResource):
         "pixels, spacers): no file kept.",
     )
 
+    duplicate_max_distance: int = Field(
+        default=_DEFAULTS.duplicate_max_distance,
+        ge=-1,
+        le=16,
+        description="Perceptual hashes at most this many bits apart are near duplicates, "
+        "recorded in duplicate_of (-1: exact duplicates only).",
+    )
+
     def budgets(self) -> dict[str, int]:
         """The per-site overrides: the field, else MMC4_SITE_BUDGETS (a clear error if bad)."""
         if self.site_budgets is not None:
@@ -194,6 +202,7 @@ class ImageDownloader(dg.ConfigurableResource):
             standin_min_urls=self.standin_min_urls,
             standin_min_documents=self.standin_min_documents,
             min_image_side=self.min_image_side,
+            duplicate_max_distance=self.duplicate_max_distance,
         )
 
 

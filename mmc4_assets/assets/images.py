@@ -31,6 +31,7 @@ from mmc4_assets.corpus.status import (
 from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
 from mmc4_assets.downloader.politeness import COUNTERS as POLITENESS_COUNTERS
 from mmc4_assets.downloader.refs import iter_image_refs
+from mmc4_assets.downloader.storing.duplicates import duplicate_counts
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import (
     CorpusStorage,
@@ -128,6 +129,7 @@ def _report_metadata(
         "bytes": summary["bytes"],
         **_outcome_counts(summary),
         "retryable_failures": int(retryable_mask(table).sum()),
+        **dict(zip(("exact_duplicates", "near_duplicates"), duplicate_counts(table), strict=True)),
         "outcomes": dg.MetadataValue.md(outcome_table(summary["outcomes"])),
         "top_failing_hosts": dg.MetadataValue.md(_hosts_table(summary)),
         # For people: when this shard's first image goes stale under today's policy.

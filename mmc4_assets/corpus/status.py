@@ -72,6 +72,9 @@ COLUMN_TYPES: dict[str, str] = {
     "body_sha256": _STR,
     "phash": _STR,
     "final_url": _STR,
+    # The image_name of an earlier ok image of the shard this one duplicates (the same body, or
+    # a perceptual hash within a few bits): recorded, not removed (storing/duplicates.py).
+    "duplicate_of": _STR,
 }
 STATUS_COLUMNS: list[str] = list(COLUMN_TYPES)[:18]
 ALL_COLUMNS: list[str] = list(COLUMN_TYPES)

@@ -76,6 +76,9 @@ class DownloadSettings:
     # Known stand-in URLs besides the shipped list (standins.STANDIN_URLS): (site, regular
     # expression of the path), e.g. ("example-cdn.com", r"/default-image\.png$").
     standin_urls: tuple[tuple[str, str], ...] = ()
+    # Duplicates within a shard (storing/duplicates.py), recorded in ``duplicate_of``: the same
+    # body, or perceptual hashes at most this many bits apart (-1: exact duplicates only).
+    duplicate_max_distance: int = 4
 
 
 class CaBundleError(ValueError):

@@ -178,7 +178,8 @@ FINGERPRINTS = ["body_sha256", "phash", "final_url"]
 def test_fingerprints_are_the_last_columns(tmp_path: Path):
     """Added at the end: the contract's columns, the extras before them and the tsv unchanged."""
     assert ALL_COLUMNS[:18] == STATUS_COLUMNS
-    assert ALL_COLUMNS[18:] == ["host", "original_width", "original_height", *FINGERPRINTS]
+    extras = ["host", "original_width", "original_height", *FINGERPRINTS, "duplicate_of"]
+    assert ALL_COLUMNS[18:] == extras
     assert REFERENCE_TSV_COLUMNS == [
         "file",
         "folder",

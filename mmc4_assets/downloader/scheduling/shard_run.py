@@ -27,6 +27,7 @@ from ..politeness.robots_cache import RobotsCache
 from ..politeness.sites import site_of
 from ..refs import ImageRef
 from ..settings import DownloadSettings, tls_context
+from ..storing.duplicates import mark_duplicates
 from ..storing.names import NameAllocator, contained_path
 from ..storing.standins import mark_standins
 from ..storing.store import ImageJob, check_local_copy, failure_row, held_copy, remove_file
@@ -69,7 +70,8 @@ def download_shard(
     of the shard's stored objects) stands in for the disk when the data folder is an object
     store: an image whose previous row is ok with that path and size is held, not fetched.
     Once every row exists, stand-ins and tiny images (``storing/standins.py``) are marked
-    ``placeholder`` / ``too_small`` and their files deleted.
+    ``placeholder`` / ``too_small`` and their files deleted, and duplicates of earlier images
+    recorded in ``duplicate_of`` (``storing/duplicates.py``).
 
     Politeness: every site's slots come from the ledger at ``settings.ledger_url`` (shared with
     every run that names it), robots.txt entries from ``robots_store`` (default: the data
@@ -96,6 +98,7 @@ def download_shard(
     )
     for relpath in dropped:
         (Path(data_dir) / relpath).unlink(missing_ok=True)
+    table = mark_duplicates(table, settings.duplicate_max_distance)
     if stats is not None:
         stats.update(dict.fromkeys(COUNTERS, 0))
         stats.update(run.politeness)

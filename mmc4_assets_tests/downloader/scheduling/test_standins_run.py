@@ -94,6 +94,11 @@ def test_stand_ins_and_tiny_images_are_marked_and_real_photos_kept(server, tmp_p
     table = download_shard(refs, data_dir=tmp_path, shard=5, settings=SETTINGS)
     check(table, refs, expected, tmp_path)
     assert hotlink.count("/dead/0.jpg") == 2 and imgur.count("/removed.png") == 2
+    # The photos used by several documents are recorded as duplicates of their first use,
+    # never stand-ins, and nothing else is a duplicate.
+    copies = table.set_index("doc").loc[lambda t: t.duplicate_of.notna(), "duplicate_of"]
+    firsts = table.set_index("doc").image_name
+    assert copies.to_dict() == {12: firsts[11], **{doc: firsts[13] for doc in range(14, 19)}}
 
     # A plain rerun: the marked images (no file) are fetched again and marked again; the real
     # photos are held.

@@ -1,0 +1,93 @@
+"""Duplicates within a shard: recorded, never removed.
+
+The same photo lives at several URLs (syndication, sizes, a CDN's mirrors), and mmc4 says about
+3% of its documents could have a URL duplicate. Each ``ok`` image whose body (``body_sha256``)
+or perceptual hash (``phash``, within ``max_distance`` bits) equals an earlier one's, in
+(doc, index) order, records that earlier image's ``image_name`` in ``duplicate_of``: the first
+is kept as the original. Whether a duplicate is exact (the same bytes) or near (the same
+picture, re-encoded or resized) is told by ``duplicate_counts``. The rows are all this reads:
+no I/O, no decoding.
+
+Near duplicates are found by the pigeonhole rule: two 64-bit hashes within ``d`` bits agree
+exactly on at least one of ``d + 1`` bands, so only images sharing a band are compared. A band
+value that many images share (a flat colour's hash) is compared with its first ``_BUCKET_SCAN``
+holders only: an earlier match among them is enough.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+_BUCKET_SCAN = 64
+_BITS = 64
+
+
+def _bands(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, mask) of the ``max_distance + 1`` bands a 64-bit hash is cut into."""
+    count = max_distance + 1
+    edges = [round(i * _BITS / count) for i in range(count + 1)]
+    return [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:], strict=False)]
+
+
+def find_duplicates(table: pd.DataFrame, max_distance: int = 4) -> dict:
+    """{index label: image_name of the earlier ok image it duplicates} for the table's ok rows
+    (``max_distance`` < 0 turns near duplicates off; exact ones are always found)."""
+    ok = table[table["outcome"] == "ok"]
+    if ok.empty:
+        return {}
+    ok = ok.sort_values(["doc", "index"], kind="stable")
+    found: dict = {}
+    first_body: dict[str, str] = {}
+    bands = _bands(max_distance) if 0 <= max_distance < _BITS else []
+    buckets: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    columns = zip(ok.index, ok["image_name"], ok["body_sha256"], ok["phash"], strict=True)
+    for label, name, body, phash in columns:
+        if isinstance(body, str):
+            if body in first_body:
+                found[label] = first_body[body]
+                continue
+            first_body[body] = name
+        if not bands or not isinstance(phash, str):
+            continue
+        value = int(phash, 16)
+        match = _near(value, bands, buckets, max_distance)
+        if match is not None:
+            found[label] = match
+            continue
+        for band, (shift, mask) in enumerate(bands):
+            buckets.setdefault((band, (value >> shift) & mask), []).append((value, name))
+    return found
+
+
+def _near(value: int, bands, buckets, max_distance: int) -> str | None:
+    """The earliest kept image whose hash is within ``max_distance`` bits of ``value``."""
+    for band, (shift, mask) in enumerate(bands):
+        for other, name in buckets.get((band, (value >> shift) & mask), ())[:_BUCKET_SCAN]:
+            if (value ^ other).bit_count() <= max_distance:
+                return name
+    return None
+
+
+def mark_duplicates(table: pd.DataFrame, max_distance: int = 4) -> pd.DataFrame:
+    """The table with ``duplicate_of`` filled in for its duplicates (and null elsewhere)."""
+    marked = table.copy()
+    marked["duplicate_of"] = pd.Series(pd.NA, index=marked.index, dtype="string")
+    found = find_duplicates(marked, max_distance)
+    if found:
+        marked.loc[list(found), "duplicate_of"] = list(found.values())
+    return marked
+
+
+def duplicate_counts(table: pd.DataFrame) -> tuple[int, int]:
+    """(exact, near) duplicates the table records: exact when the body is the original's."""
+    if "duplicate_of" not in table.columns:
+        return 0, 0
+    copies = table[table["duplicate_of"].notna()]
+    if copies.empty:
+        return 0, 0
+    bodies = dict(zip(table["image_name"], table["body_sha256"], strict=True))
+    exact = sum(
+        isinstance(body, str) and bodies.get(original) == body
+        for original, body in zip(copies["duplicate_of"], copies["body_sha256"], strict=True)
+    )
+    return exact, len(copies) - exact
