@@ -11,10 +11,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mmc4_assets.assets.images import STATUS_REPORT
-from mmc4_assets.assets.placeholder_index import known_standins
 from mmc4_assets.corpus.status import write_status
 from mmc4_assets.resources import CorpusStorage
 from mmc4_assets.storage import DataStore, layout, open_store
+from mmc4_assets.storage.placeholders import known_standins
 from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
 
 STANDIN = hashlib.sha256(b"a CDN's default image").hexdigest()
