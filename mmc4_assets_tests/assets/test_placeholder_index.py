@@ -11,11 +11,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mmc4_assets.assets.images import STATUS_REPORT
-from mmc4_assets.corpus.status import write_status
+from mmc4_assets.corpus.status import read_status, write_status
 from mmc4_assets.resources import CorpusStorage
 from mmc4_assets.storage import DataStore, layout, open_store
 from mmc4_assets.storage.placeholders import known_standins
 from mmc4_assets_tests.support.materialize import latest_metadata, materialize_shard
+from mmc4_assets_tests.support.shards import write_image_shard
 
 STANDIN = hashlib.sha256(b"a CDN's default image").hexdigest()
 PHOTO = hashlib.sha256(b"a real photo").hexdigest()
@@ -108,3 +109,37 @@ def test_a_higher_threshold_and_an_empty_corpus(instance, tmp_path):
     assert result.success
     assert latest_metadata(instance, "placeholder_index", partition=None)["bodies_indexed"] == 0
     assert known_standins(store) == frozenset()
+
+
+def test_downloads_read_the_latest_index_and_rerun_shards_without_fetching(
+    instance, pipeline_env, shard_folder, image_web
+):
+    """One picture at one URL of each of two hosts (shards 43 and 44): a stand-in at min_urls 2.
+    After the index, a plain rerun of shard 43 marks it from the index and asks the web nothing."""
+    pipeline = "raw_docs downloaded_images status_report"
+    for shard, host in ((43, 0), (44, 1)):
+        urls = [
+            image_web.url(host, "/img/120x80/7.jpg"),
+            image_web.url(host, f"/img/90x90/{shard}.png"),
+        ]
+        write_image_shard(shard_folder, shard, urls)
+        assert materialize_shard(instance, pipeline, str(shard)).success
+    store = open_store(pipeline_env)
+    before = read_status(pipeline_env, 43)
+    assert set(before["outcome"]) == {"ok"}
+    config = {"ops": {"placeholder_index": {"config": {"min_urls": 2}}}}
+    assert materialize_shard(
+        instance, "placeholder_index", partition=None, run_config=config
+    ).success
+    assert known_standins(store) == {before["body_sha256"][0]}
+
+    fetched = image_web.total_requests
+    result = materialize_shard(instance, "downloaded_images status_report", "43")
+    assert result.success  # with its checks: one status per image, every ok row's file there
+    assert image_web.total_requests == fetched
+    after = read_status(pipeline_env, 43)
+    assert list(after["outcome"]) == ["placeholder", "ok"]
+    assert after["error"][0] == "stand-in: in the corpus index"
+    assert not (pipeline_env / before["path"][0]).exists()
+    assert (pipeline_env / after["path"][1]).is_file()
+    assert latest_metadata(instance, "status_report", "43")["outcome_placeholder"] == 1
