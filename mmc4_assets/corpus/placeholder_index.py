@@ -11,12 +11,13 @@ it takes two streaming passes over the tables (they must be re-iterable, e.g. a 
 whose ``__iter__`` reads them again):
 
 1. A count-min sketch (two rows of saturating uint8 counters, indexed by two 64-bit words of the
-   body's SHA-256, which is uniform already) counts each body's distinct (body, URL) pairs per
-   table. It only over-counts (a URL in several shards, hash collisions), so every body with
-   ``min_urls`` distinct URLs passes it, and almost nothing else does.
+   body's SHA-256, which is uniform already) counts each body's rows. It only over-counts (a URL
+   repeated, in one shard or several; hash collisions), so every body with ``min_urls`` distinct
+   URLs passes it, and few others do: bodies at many URLs, or at one URL many times.
 2. The rows of the bodies that pass are kept as distinct (body, URL hash, shard) triples (the
    body as 32-byte fixed-width binary, the URL as a 64-bit hash), compacted as they grow, and
-   counted exactly at the end: a URL repeated in several shards counts once.
+   counted exactly at the end: a URL repeated in several shards counts once. Only these rows'
+   URLs are hashed.
 
 A URL counts without its scheme and a leading ``www.`` (``http://www.a.org/x`` and
 ``https://a.org/x`` are one URL); otherwise as written.
@@ -75,11 +76,11 @@ def _hex_to_binary(hashes: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _url_hashes(urls: pa.Array) -> np.ndarray:
     """A 64-bit hash of each URL's key (no scheme, no leading www.)."""
     keys = pc.replace_substring_regex(urls, _URL_PREFIX, "", max_replacements=1)
-    return pd.util.hash_array(keys.to_numpy(zero_copy_only=False))
+    return pd.util.hash_array(keys.to_numpy(zero_copy_only=False), categorize=False)
 
 
 class _Rows:
-    """One table's counted rows: body (n, 32) uint8, URL hashes, shards, URLs (pyarrow)."""
+    """One table's counted rows: body (n, 32) uint8, shards and URLs (pyarrow)."""
 
     def __init__(self, table: pa.Table) -> None:
         names = set(table.column_names)
@@ -95,7 +96,6 @@ class _Rows:
         body, valid = _hex_to_binary(kept["body_sha256"].combine_chunks())
         self.body = body[valid]
         self.urls = kept["url"].combine_chunks().filter(pa.array(valid))
-        self.url_hash = _url_hashes(self.urls)
         self.shard = pc.cast(kept["shard"].combine_chunks(), pa.int64()).filter(pa.array(valid))
         self.empty = len(self.body) == 0
 
@@ -105,7 +105,7 @@ class _Rows:
 
 
 class _Sketch:
-    """Two rows of saturating uint8 counters of distinct (body, URL) pairs per table."""
+    """Two rows of saturating uint8 counters of each body's rows (a row per URL at least)."""
 
     def __init__(self, width_bits: int) -> None:
         self.mask = np.uint64((1 << width_bits) - 1)
@@ -113,12 +113,8 @@ class _Sketch:
 
     def add(self, rows: _Rows) -> None:
         words = rows.words()
-        pairs = np.column_stack([words[:, 0], rows.url_hash])
-        # A URL repeated in the table counts once here.
-        _, first = np.unique(pairs, axis=0, return_index=True)
-        body_words = words[first]
         for row in range(2):
-            slots, counts = np.unique(body_words[:, row] & self.mask, return_counts=True)
+            slots, counts = np.unique(words[:, row] & self.mask, return_counts=True)
             total = self.rows[row, slots].astype(np.int64) + counts
             self.rows[row, slots] = np.minimum(total, 255).astype(np.uint8)
 
@@ -150,16 +146,16 @@ class _Candidates:
         if not mask.any():
             return
         body = rows.body[mask]
+        urls = rows.urls.filter(pa.array(mask))
         part = pa.table(
             {
                 "body": pa.FixedSizeBinaryArray.from_buffers(
                     pa.binary(32), len(body), [None, pa.py_buffer(body.tobytes())]
                 ),
-                "url_hash": pa.array(rows.url_hash[mask], pa.uint64()),
+                "url_hash": pa.array(_url_hashes(urls), pa.uint64()),
                 "shard": rows.shard.filter(pa.array(mask)),
             }
         )
-        urls = rows.urls.filter(pa.array(mask))
         for key, url in zip(part["body"].to_pylist(), urls.to_pylist(), strict=True):
             self.examples.setdefault(key, url)
         self.parts.append(part)
