@@ -156,8 +156,10 @@ class _Candidates:
                 "shard": rows.shard.filter(pa.array(mask)),
             }
         )
-        for key, url in zip(part["body"].to_pylist(), urls.to_pylist(), strict=True):
-            self.examples.setdefault(key, url)
+        keys = np.ascontiguousarray(body).view(np.dtype((np.void, 32))).ravel()
+        _, first = np.unique(keys, return_index=True)  # one example per body of the table
+        for row in first.tolist():
+            self.examples.setdefault(keys[row].tobytes(), urls[row].as_py())
         self.parts.append(part)
         self.pending += len(part)
         if self.pending >= _COMPACT_ROWS:
