@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmc4_assets.assets.images import STATUS_REPORT
-from mmc4_assets.corpus.status import read_status, write_status
+from mmc4_assets.corpus.status import write_status
 from mmc4_assets.resources import CorpusStorage
 from mmc4_assets.storage import DataStore, layout, open_store
 from mmc4_assets.storage.placeholders import known_standins
@@ -111,11 +112,15 @@ def test_a_higher_threshold_and_an_empty_corpus(instance, tmp_path):
     assert known_standins(store) == frozenset()
 
 
-def test_downloads_read_the_latest_index_and_rerun_shards_without_fetching(
-    instance, pipeline_env, shard_folder, image_web
-):
+def stored_status(store: DataStore, shard: int) -> pd.DataFrame:
+    rel = layout.status_parquet(shard)
+    return pq.read_table(pa.BufferReader(store.read_many([rel])[rel])).to_pandas()
+
+
+def rerun_marks_from_the_index(instance, store: DataStore, shard_folder, image_web) -> None:
     """One picture at one URL of each of two hosts (shards 43 and 44): a stand-in at min_urls 2.
-    After the index, a plain rerun of shard 43 marks it from the index and asks the web nothing."""
+    After the index, a plain rerun of shard 43 marks it from the index and asks the web nothing;
+    its file is gone from the data folder."""
     pipeline = "raw_docs downloaded_images status_report"
     for shard, host in ((43, 0), (44, 1)):
         urls = [
@@ -124,9 +129,9 @@ def test_downloads_read_the_latest_index_and_rerun_shards_without_fetching(
         ]
         write_image_shard(shard_folder, shard, urls)
         assert materialize_shard(instance, pipeline, str(shard)).success
-    store = open_store(pipeline_env)
-    before = read_status(pipeline_env, 43)
+    before = stored_status(store, 43)
     assert set(before["outcome"]) == {"ok"}
+    assert set(store.listing("images/43")) == set(before["path"])
     config = {"ops": {"placeholder_index": {"config": {"min_urls": 2}}}}
     assert materialize_shard(
         instance, "placeholder_index", partition=None, run_config=config
@@ -137,9 +142,14 @@ def test_downloads_read_the_latest_index_and_rerun_shards_without_fetching(
     result = materialize_shard(instance, "downloaded_images status_report", "43")
     assert result.success  # with its checks: one status per image, every ok row's file there
     assert image_web.total_requests == fetched
-    after = read_status(pipeline_env, 43)
+    after = stored_status(store, 43)
     assert list(after["outcome"]) == ["placeholder", "ok"]
     assert after["error"][0] == "stand-in: in the corpus index"
-    assert not (pipeline_env / before["path"][0]).exists()
-    assert (pipeline_env / after["path"][1]).is_file()
+    assert set(store.listing("images/43")) == {after["path"][1]}
     assert latest_metadata(instance, "status_report", "43")["outcome_placeholder"] == 1
+
+
+def test_downloads_read_the_latest_index_and_rerun_shards_without_fetching(
+    instance, pipeline_env, shard_folder, image_web
+):
+    rerun_marks_from_the_index(instance, open_store(pipeline_env), shard_folder, image_web)
