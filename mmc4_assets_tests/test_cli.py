@@ -22,7 +22,7 @@ pytestmark = pytest.mark.system
 BIN = Path(sys.executable).parent
 ASSET_KEYS = {
     *("raw_docs", "reassigned_docs", "downloaded_images", "status_report", "corpus_summary"),
-    "training_shards",
+    *("training_shards", "placeholder_index"),
 }
 
 MATERIALIZE_DOCS = {

@@ -42,6 +42,7 @@ from mmc4_assets.resources import (
 from mmc4_assets.run_health import RunHealth
 from mmc4_assets.storage import DataStore, layout
 from mmc4_assets.storage.image_sync import ImageSync
+from mmc4_assets.storage.placeholders import known_standins
 
 DOWNLOADED_IMAGES = dg.AssetKey("downloaded_images")
 STATUS_REPORT = dg.AssetKey("status_report")
@@ -184,13 +185,15 @@ def download_images(
     settings = image_downloader.settings(ledger_url(context.instance))
     shards = run_shards(context)
     store = storage.store()
+    # The corpus stand-in index's latest file (placeholder_index): its bodies are marked at once.
+    standins = known_standins(store)
     # One run at a time per shard, dead runs cleaned up first; a full disk says so.
     with (
         run_health.guard(context, [shard for _, shard in shards]),
         disk_full_fails_clearly(store, shards),
     ):
         for key, shard in shards:
-            _download_shard(context, config, settings, store, staleness, key, shard)
+            _download_shard(context, config, settings, store, staleness, key, shard, standins)
     # Per-shard metadata was attached above; these close the step for every shard of the run.
     yield dg.MaterializeResult(asset_key=DOWNLOADED_IMAGES)
     yield dg.MaterializeResult(asset_key=STATUS_REPORT)
@@ -204,6 +207,7 @@ def _download_shard(
     staleness: StalenessPolicy,
     key: str,
     shard: int,
+    standins: frozenset[str] = frozenset(),
 ) -> None:
     """Download one shard of the run (its images, or only its stale ones) and attach the
     shard's metadata to both assets."""
@@ -252,6 +256,7 @@ def _download_shard(
                 held=stored,
                 robots_store=store,
                 stats=politeness,
+                known_standins=standins,
             )
         wall = time.monotonic() - started
         write_status(table, work, shard)

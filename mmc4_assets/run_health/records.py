@@ -18,6 +18,7 @@ GUARDED_STEPS = (
     "download_images",
     "training_shards",
     "corpus_summary",
+    "placeholder_index",
 )
 GUARDED_ASSETS = {
     dg.AssetKey(name)

@@ -55,3 +55,8 @@ def robots_txt(origin: str) -> str:
     scheme, rest = origin.split("://", 1)
     host, _, port = rest.rpartition(":")
     return f"robots/{quote(f'{scheme}_{host}_{port}', safe='._-')}.json"
+
+
+def placeholder_index() -> str:
+    """The corpus stand-in index (the ``placeholder_index`` asset): one parquet file."""
+    return "placeholders/index.parquet"

@@ -8,7 +8,7 @@ run outlives its images' deadlines.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -59,6 +59,7 @@ def download_shard(
     held: Mapping[str, int] | None = None,
     robots_store: DataStore | None = None,
     stats: dict | None = None,
+    known_standins: Collection[str] = frozenset(),
 ) -> pd.DataFrame:
     """Download the shard's images into ``data_dir/images/{shard}``; return its status table.
 
@@ -70,8 +71,9 @@ def download_shard(
     of the shard's stored objects) stands in for the disk when the data folder is an object
     store: an image whose previous row is ok with that path and size is held, not fetched.
     Once every row exists, stand-ins and tiny images (``storing/standins.py``) are marked
-    ``placeholder`` / ``too_small`` and their files deleted, and duplicates of earlier images
-    recorded in ``duplicate_of`` (``storing/duplicates.py``).
+    ``placeholder`` / ``too_small`` and their files deleted; ``known_standins``, the body hashes
+    of the corpus index, are stand-ins too (rows carried over included: a rerun re-marks them).
+    Duplicates of earlier images are recorded in ``duplicate_of`` (``storing/duplicates.py``).
 
     Politeness: every site's slots come from the ledger at ``settings.ledger_url`` (shared with
     every run that names it), robots.txt entries from ``robots_store`` (default: the data
@@ -95,6 +97,7 @@ def download_shard(
         min_documents=settings.standin_min_documents,
         min_side=settings.min_image_side,
         standin_urls=settings.standin_urls,
+        known_bodies=known_standins,
     )
     for relpath in dropped:
         (Path(data_dir) / relpath).unlink(missing_ok=True)

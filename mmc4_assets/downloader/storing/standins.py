@@ -12,7 +12,8 @@ deletes the files of the rows it marks (``mark_standins`` gives their paths).
   served under at least ``min_urls`` distinct URLs from at least ``min_documents`` documents. A
   URL is its path and query: one URL repeated in several documents counts once, and so does one
   path under two host names or schemes of the site (a CDN's i0..i3 shards). Rows already
-  ``placeholder`` (from a previous run) count toward their body's URLs and documents.
+  ``placeholder`` (from a previous run) count toward their body's URLs and documents. And a body
+  the corpus index lists (``known_bodies``: served under many URLs across the shards).
 
 A row that is both is ``too_small``: a property of the image alone.
 """
@@ -20,7 +21,7 @@ A row that is both is ``too_small``: a property of the image alone.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -126,11 +127,13 @@ def find_standins(
     min_documents: int = 3,
     min_side: int = 10,
     standin_urls: Iterable[tuple[str, str]] = (),
+    known_bodies: Collection[str] = frozenset(),
 ) -> dict:
     """The ok rows of a shard's status table to mark: {index label: Verdict}.
 
     ``min_urls`` 0 turns the count off (known stand-in URLs and tiny images are still marked);
-    ``standin_urls``: known stand-ins besides the shipped ones, as (site, path pattern)."""
+    ``standin_urls``: known stand-ins besides the shipped ones, as (site, path pattern);
+    ``known_bodies``: stand-in body hashes (hex) of the corpus index (``placeholder_index``)."""
     if table.empty:
         return {}
     ok = table["outcome"] == "ok"
@@ -149,6 +152,10 @@ def find_standins(
                 urls, docs = repeated[key]
                 why = f"stand-in: one body under {urls} URLs of {key[0]} from {docs} documents"
                 verdicts[label] = Verdict("placeholder", why)
+    if known_bodies:
+        indexed = ok & table["body_sha256"].isin(known_bodies).fillna(False).astype(bool)
+        for label in table.index[indexed]:
+            verdicts.setdefault(label, Verdict("placeholder", "stand-in: in the corpus index"))
     return verdicts
 
 

@@ -185,3 +185,26 @@ def test_mark_standins_rows_and_files():
     assert frame.outcome.eq("ok").all()  # the input is left as it was
     empty = table([])
     assert mark_standins(empty) == (empty, [])
+
+
+def test_bodies_of_the_corpus_index_are_placeholder_even_at_one_url():
+    thin = "cc" * 32
+    rows = [
+        row(0, 0, "https://a.example/1.jpg", thin),
+        row(1, 0, "https://b.example/2.jpg", thin, outcome="not_image"),  # not an ok row: left
+        row(2, 0, "https://c.example/3.jpg", PHOTO),
+        row(3, 0, "https://t.example/pixel.gif", thin, size=(1, 1)),  # tiny first
+        *spread(5, 3, start=4),  # counted in the shard: its own reason
+    ]
+    known = frozenset({thin, STANDIN})
+    assert marked(rows[:3]) == {}
+    frame = table(rows)
+    verdicts = find_standins(frame, known_bodies=known)
+    why = {int(frame.loc[label, "doc"]): verdict for label, verdict in verdicts.items()}
+    assert why[0].outcome == "placeholder" and why[0].error == "stand-in: in the corpus index"
+    assert 1 not in why and 2 not in why
+    assert why[3].outcome == "too_small"
+    assert all("URLs of example.com" in why[doc].error for doc in (4, 5, 6))
+    out, dropped = mark_standins(frame, known_bodies=known)
+    assert "images/1/0_0.jpg" in dropped
+    assert out.loc[out.doc == 0, "outcome"].item() == "placeholder"
