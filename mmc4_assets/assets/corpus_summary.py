@@ -1,6 +1,7 @@
 """corpus_summary: the whole corpus at a glance, aggregated from every shard's report metadata."""
 
 import time
+from collections import Counter
 
 import dagster as dg
 
@@ -17,7 +18,8 @@ from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_
     group_name="images",
     kinds={"python"},
     description="Totals over all materialized shards: images per outcome, success rate, bytes, "
-    "and how many shards are due for a stale-image run. Built from metadata, not files.",
+    "stand-ins and duplicates per site, and how many shards are due for a stale-image run. "
+    "Built from metadata, not files.",
 )
 def corpus_summary(
     context: dg.AssetExecutionContext, staleness: StalenessPolicy, run_health: RunHealth
@@ -26,6 +28,7 @@ def corpus_summary(
         latest = latest_storage_ids(context.instance, STATUS_REPORT)
         totals = dict.fromkeys(OUTCOMES, 0)
         images = nbytes = retryable = stale_shards = 0
+        sites: dict[str, Counter] = {}
         now = time.time()
         for record in fetch_records(context.instance, STATUS_REPORT, latest.values()):
             meta = record.metadata
@@ -34,6 +37,9 @@ def corpus_summary(
             retryable += int(meta.get("retryable_failures", 0))
             for outcome in OUTCOMES:
                 totals[outcome] += int(meta.get(f"outcome_{outcome}", 0))
+            for row in _json(meta.get("standins_and_duplicates_by_site")):
+                site = sites.setdefault(str(row.get("site")), Counter())
+                site.update({kind: int(row.get(kind, 0)) for kind in _KINDS})
             due_at = shard_due_at(meta, staleness)
             if due_at is not None and due_at <= now:
                 stale_shards += 1
@@ -49,5 +55,24 @@ def corpus_summary(
             "stale_shards": stale_shards,
             "outcomes": dg.MetadataValue.md(outcome_table(totals)),
             **{f"outcome_{outcome}": count for outcome, count in totals.items()},
+            **{kind: sum(site[kind] for site in sites.values()) for kind in _KINDS[1:]},
+            "standins_and_duplicates_by_site": dg.MetadataValue.md(_sites_table(sites)),
         }
     )
+
+
+# Counted per site by each shard's status_report (storing/duplicates.py's by_site), among its
+# 20 sites with the most: a site below that in a shard is not counted there.
+_KINDS = ("placeholder", "exact_duplicates", "near_duplicates")
+
+
+def _json(value) -> list:
+    data = getattr(value, "data", value)
+    return data if isinstance(data, list) else []
+
+
+def _sites_table(sites: dict[str, Counter], top: int = 20) -> str:
+    busiest = sorted(sites.items(), key=lambda item: (-sum(item[1].values()), item[0]))[:top]
+    rows = [f"| {site} | " + " | ".join(str(c[k]) for k in _KINDS) + " |" for site, c in busiest]
+    head = "| site | stand-ins | exact duplicates | near duplicates |\n|---|---|---|---|\n"
+    return head + ("\n".join(rows) or "| none | 0 | 0 | 0 |")

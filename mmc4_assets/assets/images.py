@@ -31,7 +31,7 @@ from mmc4_assets.corpus.status import (
 from mmc4_assets.downloader import DownloadSettings, ProgressInfo, download_shard
 from mmc4_assets.downloader.politeness import COUNTERS as POLITENESS_COUNTERS
 from mmc4_assets.downloader.refs import iter_image_refs
-from mmc4_assets.downloader.storing.duplicates import duplicate_counts
+from mmc4_assets.downloader.storing.duplicates import by_site, duplicate_counts
 from mmc4_assets.partitions import shard_partitions
 from mmc4_assets.resources import (
     CorpusStorage,
@@ -144,6 +144,8 @@ def _report_metadata(
         "parquet": stored_at(store, layout.status_parquet(shard)),
         "tsv": stored_at(store, layout.status_tsv(shard)),
         "site_limits": _site_limits_table(site_limits),
+        # What corpus_summary adds up per site: stand-ins, exact and near duplicates.
+        "standins_and_duplicates_by_site": dg.MetadataValue.json(by_site(table)),
     }
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..politeness.sites import site_of
+
 _BUCKET_SCAN = 64
 _BITS = 64
 
@@ -91,3 +93,29 @@ def duplicate_counts(table: pd.DataFrame) -> tuple[int, int]:
         for original, body in zip(copies["duplicate_of"], copies["body_sha256"], strict=True)
     )
     return exact, len(copies) - exact
+
+
+def by_site(table: pd.DataFrame, top: int = 20) -> list[dict]:
+    """Per site (of the image's host), its stand-ins (``placeholder``) and exact and near
+    duplicates, for the ``top`` sites with the most of them: what ``status_report`` records and
+    ``corpus_summary`` adds up."""
+    if table.empty or "duplicate_of" not in table.columns:
+        return []
+    bodies = dict(zip(table["image_name"], table["body_sha256"], strict=True))
+    counts: dict[str, list[int]] = {}
+    columns = ("host", "outcome", "duplicate_of", "body_sha256")
+    rows = zip(*(table[name] for name in columns), strict=True)
+    for host, outcome, original, body in rows:
+        if outcome == "placeholder":
+            kind = 0
+        elif isinstance(original, str):
+            kind = 1 if isinstance(body, str) and bodies.get(original) == body else 2
+        else:
+            continue
+        site = site_of(host) if isinstance(host, str) else "?"
+        counts.setdefault(site, [0, 0, 0])[kind] += 1
+    busiest = sorted(counts.items(), key=lambda item: (-sum(item[1]), item[0]))[:top]
+    return [
+        {"site": site, "placeholder": p, "exact_duplicates": e, "near_duplicates": n}
+        for site, (p, e, n) in busiest
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mmc4_assets.downloader.storing.duplicates import (
+    by_site,
     duplicate_counts,
     find_duplicates,
     mark_duplicates,
@@ -87,3 +88,23 @@ def test_a_crowded_band_finds_its_match_among_the_first_holders():
     found = find_duplicates(table, max_distance=1)
     copy = table.index[table.image_name == "1-0.jpg"][0]
     assert found[copy] == "0--1.jpg"
+
+
+def test_stand_ins_and_duplicates_are_counted_per_site():
+    table = rows(
+        (0, 0, "ok", "b1", PHOTO),
+        (0, 1, "ok", "b1", PHOTO),  # exact
+        (1, 0, "ok", "b2", PHOTO_RESIZED),  # near
+        (1, 1, "placeholder", "b9", None),
+        (2, 0, "ok", "b3", OTHER),
+    )
+    table["host"] = ["i0.wp.com", "i1.wp.com", "lh3.googleusercontent.com", "i2.wp.com", "x.org"]
+    assert by_site(mark_duplicates(table)) == [
+        {"site": "wp.com", "placeholder": 1, "exact_duplicates": 1, "near_duplicates": 0},
+        {
+            "site": "googleusercontent.com",
+            "placeholder": 0,
+            "exact_duplicates": 0,
+            "near_duplicates": 1,
+        },
+    ]
