@@ -18,7 +18,7 @@ clock, so machines need not agree. The rules themselves (what a holder is grante
 throttle or a success does to a site) are pure functions in ``rules.py``; here is the SQL,
 and the two databases it runs on are in ``ledger_backends.py``.
 
-Why one module of ~490 lines: every method is one transaction over the same four tables, and
+Why one module of ~520 lines: every method is one transaction over the same four tables, and
 ``sync`` touches all of them at once (leases, site states, limits, change marks); split by table,
 each part would need the others' locks and SQL to stay correct, and the reader would lose the
 one place that shows a transaction whole. What can stand alone already does (rules, capacity,
