@@ -197,7 +197,8 @@ def run_ours(
         with open(refs, "w") as handle:
             for i in members:
                 entry = entries[i]
-                row = {"doc": i // 5, "index": i % 5, "image_name": entry["image_name"]}
+                doc, index = entry.get("doc", i // 5), entry.get("index", i % 5)
+                row = {"doc": doc, "index": index, "image_name": entry["image_name"]}
                 handle.write(json.dumps({**row, "url": entry["url"]}) + "\n")
         worker = [str(OURS_PYTHON), __file__, "--worker-ours", str(refs), str(data), str(shard)]
         cmds.append([*worker, json.dumps(settings)])
@@ -405,7 +406,46 @@ def expectation_check(entries: list[dict], r: dict, name: str = "ours") -> int:
         print(f"  {count} x {reason}")
     r["outcome_mismatches"] = sum(misses.values())
     r["mismatch_kinds"] = {f"{want}->{got}": n for (want, got), n in misses.items()}
+    standin_check(entries, got, r, name)
     return sum(misses.values())
+
+
+STANDIN_OUTCOMES = ("placeholder", "too_small")
+
+
+def standin_check(entries: list[dict], got: dict, r: dict, name: str) -> None:
+    """The stand-in web's goal (issue 24): stand-in URLs flagged as expected, and real images
+    (expected ok) flagged placeholder; printed when the plan has stand-ins."""
+    planned = {e["url"]: e for e in entries if e["expect"] in STANDIN_OUTCOMES}
+    if not planned:
+        return
+    flagged = [u for u, e in planned.items() if got.get(u) == e["expect"]]
+    missed = Counter(
+        (e["standin"], got.get(u, "missing"))
+        for u, e in planned.items()
+        if got.get(u) != e["expect"]
+    )
+    real = {e["url"] for e in entries if e["expect"] == "ok"}
+    wrong = sorted(u for u in real if got.get(u) == "placeholder")
+    reused = {e["url"] for e in entries if e.get("reused")}
+    kinds = Counter(e["standin"] for e in planned.values())
+    share = len(flagged) / len(planned)
+    print(
+        f"{name} stand-ins: {len(planned)} stand-in URLs planned {dict(kinds)}, flagged as "
+        f"expected {len(flagged)} ({100 * share:.1f}%), missed {sum(missed.values())} "
+        f"{dict(missed) if missed else ''}; real images (expect ok) flagged placeholder: "
+        f"{len(wrong)} of {len(real)} ({len(reused)} URLs used by several documents, "
+        f"{sum(got.get(u) == 'ok' for u in reused)} of them ok); goal >= 99% and 0: "
+        f"{'met' if share >= 0.99 and not wrong else 'NOT met'}"
+    )
+    for url in wrong[:5]:
+        print(f"  wrongly placeholder: {url}")
+    r["standins"] = {
+        "planned": len(planned),
+        "flagged": len(flagged),
+        "missed": {f"{kind}->{out}": n for (kind, out), n in missed.items()},
+        "real_flagged_placeholder": len(wrong),
+    }
 
 
 def _ensure_img2dataset() -> None:

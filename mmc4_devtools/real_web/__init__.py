@@ -33,8 +33,9 @@ The modules, by job: ``config`` (the knobs), ``faults`` (faults and the outcomes
 get), ``sites`` (host names, sites, robots.txt files), ``plan`` (which host holds which image,
 and every fate), ``pool`` (the image pool), ``certificates`` (the CA, server certificates and
 their SSLContexts), ``server``, ``responses`` and ``throttle`` (a server child's loop, what each
-request gets, a throttled site), ``child`` (a server child process), ``web`` (``RealWeb``, the
-controller) and ``cli`` (``python -m mmc4_devtools.real_web``).
+request gets, a throttled site), ``standins`` (stand-in pictures, tracking pixels, reused URLs:
+``RealWebConfig.standins``, off by default), ``child`` (a server child process), ``web``
+(``RealWeb``, the controller) and ``cli`` (``python -m mmc4_devtools.real_web``).
 """
 
 from mmc4_devtools.real_web.certificates import (

@@ -53,6 +53,10 @@ class RealWebConfig:
     throttle_sites: int = 0
     throttle_burst: int = 20
     throttle_retry_after_s: int = 2
+    # Stand-ins (off by default; standins.py): sites answering dead URLs with one "image
+    # removed" or "no hotlinking" picture, imgur's redirect to removed.png (names mode), tracking
+    # pixels and spacer GIFs, and real photos used by several documents or on two sites.
+    standins: bool = False
     # The image pool: how many distinct pictures, their largest side, and the format mix.
     pool_size: int = 48
     max_side: int = 3000

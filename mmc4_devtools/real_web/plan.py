@@ -21,6 +21,7 @@ from mmc4_devtools.real_web.faults import (
 )
 from mmc4_devtools.real_web.pool import pool_formats
 from mmc4_devtools.real_web.sites import CDN_NAMES, ROBOTS_FILES, host_names, site_of
+from mmc4_devtools.real_web.standins import add_standins, is_standin
 
 SUBNET = "127.77"  # hosts live in 127.77.0.0/16, away from the 127.0.0.x other tools use
 
@@ -59,6 +60,10 @@ class Plan:
     pool_formats: list[str]
     names: bool = True
     throttled_sites: frozenset[str] = frozenset()
+    # Stand-ins on (standins.py): extra refs (image, k) of an ok image's URL, each in a document
+    # of its own; and image -> the image whose body it serves (one photo on two sites).
+    reuses: tuple[tuple[int, int], ...] = ()
+    same_body: dict[int, int] = field(default_factory=dict)
     by_path: dict[tuple[int, str], PlannedImage] = field(init=False, repr=False)
     sites: list[str] = field(init=False, repr=False)
 
@@ -77,6 +82,10 @@ class Plan:
     def url(self, image: PlannedImage, port: int) -> str:
         host = self.hosts[image.host]
         return f"{host.scheme}://{self.authority(host)}:{port}{image.path}"
+
+    def body_index(self, image: PlannedImage) -> int:
+        """Whose trailer the image's body carries: its own, or the image it is a copy of."""
+        return self.same_body.get(image.index, image.index)
 
     def robots_text(self, host: Host) -> str | None:
         return ROBOTS_FILES[host.robots_file].text if host.robots == "file" else None
@@ -109,6 +118,10 @@ class Plan:
         }
         if self.names:
             out["dns"] = dict(Counter(h.dns for h in self.hosts))
+        if any(is_standin(i.fault) for i in self.images):
+            out["standins"] = dict(Counter(i.fault for i in self.images if is_standin(i.fault)))
+            out["reused_urls"] = len({image for image, _ in self.reuses})
+            out["copies_on_other_sites"] = len(self.same_body)
         return out
 
 
@@ -147,7 +160,11 @@ def make_plan(config: RealWebConfig) -> Plan:
     fault_of = _draw_faults(config, rng, hosts, owners, placement.closed)
     formats = pool_formats(config)
     images = _images(config, rng, hosts, owners, placement, fault_of, formats)
-    plan = Plan(hosts, images, formats, config.names)
+    reuses: tuple[tuple[int, int], ...] = ()
+    same_body: dict[int, int] = {}
+    if config.standins:  # drawn from a generator of their own: without, the plan is unchanged
+        hosts, images, reuses, same_body = add_standins(config, hosts, images)
+    plan = Plan(hosts, images, formats, config.names, reuses=reuses, same_body=same_body)
     if config.throttle_sites:
         plan.throttled_sites = _throttled_sites(plan, config.throttle_sites)
     return plan

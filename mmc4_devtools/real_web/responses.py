@@ -14,6 +14,7 @@ from mmc4_devtools.real_web.faults import OVERSIZE_BYTES, ROBOTS_5XX_STATUS
 from mmc4_devtools.real_web.plan import Host, Plan
 from mmc4_devtools.real_web.pool import served_body
 from mmc4_devtools.real_web.sites import ROBOTS_HTML
+from mmc4_devtools.real_web.standins import REMOVED_HOST, REMOVED_PATH, is_standin, standin_body
 
 
 class Responses:
@@ -54,6 +55,9 @@ class Responses:
             _, _, left, rest = path.split("/", 3)
             hops, path = int(left) if left.isdigit() else 0, "/" + rest
         image = self.plan.by_path.get((host.index, path))
+        if image is None and path == REMOVED_PATH and host.name == REMOVED_HOST:
+            body, ctype = standin_body("removed", host.site)  # imgur's stand-in, always there
+            return await self._send(writer, method, 200, body, ctype)
         if image is None:
             return await self._send(writer, method, 404, b"<html>not found</html>", "text/html")
         if image.disallowed:
@@ -61,7 +65,10 @@ class Responses:
         fault = image.fault if self.faults else None
         if hops is not None:
             fault = "redirect" if hops > 0 else None
-        body, ctype = served_body(self.pool[image.pool], image.index), self.ctypes[image.pool]
+        if is_standin(fault):
+            return await self._standin(host, method, fault, writer)
+        body = served_body(self.pool[image.pool], self.plan.body_index(image))
+        ctype = self.ctypes[image.pool]
         if fault is None or (fault in ("flaky503", "429") and count > 1):
             return await self._send(writer, method, 200, body, ctype)
         if fault == "429":
@@ -108,6 +115,14 @@ class Responses:
             await self._paced(writer, bytes(OVERSIZE_BYTES // 1024), repeat=1024)
             return False
         raise AssertionError(f"unknown fault {fault}")
+
+    async def _standin(self, host: Host, method: str, kind: str, writer) -> bool:
+        """A stand-in: imgur's redirect to removed.png, else the site's one stand-in body."""
+        if kind == "removed":
+            target = f"https://{REMOVED_HOST}:{self.port}{REMOVED_PATH}"
+            return await self._send(writer, method, 302, b"", "text/html", {"Location": target})
+        body, ctype = standin_body(kind, host.site)
+        return await self._send(writer, method, 200, body, ctype)
 
     async def _send(self, writer, method, status, body, ctype, extra=None) -> bool:
         writer.write(_head(status, ctype, len(body), extra))

@@ -19,6 +19,7 @@ from mmc4_devtools.real_web.certificates import write_certificates
 from mmc4_devtools.real_web.config import RealWebConfig
 from mmc4_devtools.real_web.plan import PlannedImage, make_plan
 from mmc4_devtools.real_web.pool import write_pool
+from mmc4_devtools.real_web.standins import DOC_IMAGES, is_standin
 
 _READY_TIMEOUT_S = 120.0
 
@@ -165,7 +166,10 @@ class RealWeb:
 
     def entries(self) -> list[dict]:
         """One dict per image: image_name, url, expect (with faults on), host (as the URL
-        names it), site, host_kind, dns (the name's fate), robots_disallowed, fault."""
+        names it), site, host_kind, dns (the name's fate), robots_disallowed, fault, standin
+        (its stand-in kind, or None), doc and index (where refs put it: image i is
+        ``i // DOC_IMAGES``, ``i % DOC_IMAGES``); then, with stand-ins, one more per reuse of
+        an ok image's URL (``reused``: True), each the only image of a document of its own."""
         out = []
         for image in self.plan.images:
             host = self.plan.hosts[image.host]
@@ -181,6 +185,12 @@ class RealWeb:
                     "dns": host.dns if self.plan.names else "ok",
                     "robots_disallowed": image.disallowed,
                     "fault": image.fault,
+                    "standin": image.fault if is_standin(image.fault) else None,
+                    "doc": image.index // DOC_IMAGES,
+                    "index": image.index % DOC_IMAGES,
                 }
             )
+        next_doc = -(-len(out) // DOC_IMAGES)
+        for number, (image, _) in enumerate(self.plan.reuses):
+            out.append({**out[image], "doc": next_doc + number, "index": 0, "reused": True})
         return out
