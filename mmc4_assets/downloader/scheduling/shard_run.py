@@ -27,7 +27,7 @@ from ..politeness.robots_cache import RobotsCache
 from ..politeness.sites import site_of
 from ..refs import ImageRef
 from ..settings import DownloadSettings, tls_context
-from ..storing.duplicates import mark_duplicates
+from ..storing.duplicates import duplicate_of
 from ..storing.names import NameAllocator, contained_path
 from ..storing.standins import mark_standins
 from ..storing.store import ImageJob, check_local_copy, failure_row, held_copy, remove_file
@@ -101,7 +101,7 @@ def download_shard(
     )
     for relpath in dropped:
         (Path(data_dir) / relpath).unlink(missing_ok=True)
-    table = mark_duplicates(table, settings.duplicate_max_distance)
+    table["duplicate_of"] = duplicate_of(table, settings.duplicate_max_distance)
     if stats is not None:
         stats.update(dict.fromkeys(COUNTERS, 0))
         stats.update(run.politeness)

@@ -70,14 +70,20 @@ def _near(value: int, bands, buckets, max_distance: int) -> str | None:
     return None
 
 
-def mark_duplicates(table: pd.DataFrame, max_distance: int = 4) -> pd.DataFrame:
-    """The table with ``duplicate_of`` filled in for its duplicates (and null elsewhere)."""
-    marked = table.copy()
-    marked["duplicate_of"] = pd.Series(pd.NA, index=marked.index, dtype="string")
-    found = find_duplicates(marked, max_distance)
+def duplicate_of(table: pd.DataFrame, max_distance: int = 4) -> pd.Series:
+    """The table's ``duplicate_of`` column: the original's image_name for its duplicates, null
+    elsewhere. A column, not a copy of the table: the shard run assigns it to its own table,
+    whose copy would be the download step's peak memory (a shard's table is tens of MB)."""
+    column = pd.Series(pd.NA, index=table.index, dtype="string")
+    found = find_duplicates(table, max_distance)
     if found:
-        marked.loc[list(found), "duplicate_of"] = list(found.values())
-    return marked
+        column.loc[list(found)] = list(found.values())
+    return column
+
+
+def mark_duplicates(table: pd.DataFrame, max_distance: int = 4) -> pd.DataFrame:
+    """A copy of the table with its ``duplicate_of`` column."""
+    return table.assign(duplicate_of=duplicate_of(table, max_distance))
 
 
 def duplicate_counts(table: pd.DataFrame) -> tuple[int, int]:
