@@ -28,7 +28,6 @@ backends).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -445,26 +444,26 @@ class SiteLedger:
         ``capacity.after_throttle`` says (halved unless the site answered many requests since
         its last), and the state keeps no ``cap`` of its own."""
 
-        def rule(state: SiteState, limit: int) -> SiteState:
+        def rule(state: SiteState, learned: SiteLimit | None = None) -> SiteState:
             return after_throttle(
                 state,
-                budget=limit,
+                budget=budget,
                 retry_after=retry_after,
                 started_ago=started_ago,
                 backoff_base=backoff_base,
                 pause_cap=pause_cap,
+                learned=learned is not None,
+                answered=bool(learned and learned.answers),
             )
 
         if start is None:
-            return self._update_state(site, lambda state: rule(state, budget))
+            return self._update_state(site, rule)
         with self._transaction(write=True) as cursor:
             now = self._now(cursor)
             self._lock_states(cursor, [site], now)
             learned = capacity.current(self._limits(cursor, [site]).get(site), site, start, now)
             state = self._states(cursor, [site], now)[site]
-            if learned.answers:  # it answered since its last throttle: pauses escalate anew
-                state = dataclasses.replace(state, strikes=0)  # (what credits do for a cap)
-            new = dataclasses.replace(rule(state, budget), cap=None, credit=0)
+            new = rule(state, learned)
             if new.throttled_at != state.throttled_at:  # a new episode
                 self._write_limits(cursor, [capacity.after_throttle(learned, budget, now)])
             self._write_state(cursor, new, now)

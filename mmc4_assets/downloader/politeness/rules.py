@@ -81,6 +81,8 @@ def after_throttle(
     started_ago: float,
     backoff_base: float,
     pause_cap: float,
+    learned: bool = False,
+    answered: bool = False,
 ) -> SiteState:
     """The site's state after a 429 or 503 answering a request sent ``started_ago`` seconds ago.
 
@@ -89,7 +91,24 @@ def after_throttle(
     new episode pauses the site for Retry-After (capped) or, without one, ``backoff_base *
     2**(strikes - 1)``; one that follows the previous episode within REPEAT_WINDOW_S also halves
     the site's budget.
+
+    With ``learned`` (adaptive limits) the learned limit takes the lowered budget's place
+    (``capacity.after_throttle`` halves it): the state keeps no ``cap``. ``answered``: the site
+    answered since its last throttle, so the pauses escalate anew, which fixed budgets learn from
+    their credits (``after_successes``).
     """
+    if learned:
+        if answered:
+            state = dataclasses.replace(state, strikes=0)
+        plain = after_throttle(
+            state,
+            budget=budget,
+            retry_after=retry_after,
+            started_ago=started_ago,
+            backoff_base=backoff_base,
+            pause_cap=pause_cap,
+        )
+        return dataclasses.replace(plain, cap=None, credit=0)
     now = state.now
     sent_at = now - max(0.0, started_ago)
     if state.throttled_at is not None and sent_at <= state.throttled_at:

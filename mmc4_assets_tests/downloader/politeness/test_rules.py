@@ -87,3 +87,15 @@ def test_successes_earn_a_lowered_budget_back_one_step_per_cap():
     assert back.cap is None and back.budget(4) == 4
     unlowered = SiteState("a.test", now=NOW)
     assert after_successes(unlowered, 100, budget=4) is unlowered
+
+
+def test_with_learned_limits_a_throttle_keeps_no_cap_and_an_answer_ends_the_escalation():
+    rule = {"budget": 64, "retry_after": None, "started_ago": 0.0, "backoff_base": 0.5}
+    third = SiteState("a.test", throttled_at=NOW - 5, strikes=2, cap=16, credit=3, now=NOW)
+    silent = after_throttle(third, pause_cap=3600.0, learned=True, **rule)
+    assert silent.strikes == 3 and silent.pause_left == 2.0 and silent.cap is None
+    assert silent.credit == 0
+    answered = after_throttle(third, pause_cap=3600.0, learned=True, answered=True, **rule)
+    assert answered.strikes == 1 and answered.pause_left == 0.5 and answered.cap is None
+    fixed = after_throttle(third, pause_cap=3600.0, answered=True, **rule)
+    assert fixed.strikes == 3 and fixed.cap == 8  # fixed budgets: credits end the escalation
