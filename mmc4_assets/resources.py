@@ -154,7 +154,6 @@ class ImageDownloader(dg.ConfigurableResource):
         description="An image with a side under this many pixels is too_small (tracking "
         "pixels, spacers): no file kept.",
     )
-
     duplicate_max_distance: int = Field(
         default=_DEFAULTS.duplicate_max_distance,
         ge=-1,

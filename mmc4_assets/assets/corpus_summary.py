@@ -8,6 +8,7 @@ import dagster as dg
 from mmc4_assets.assets.common import outcome_table, percent
 from mmc4_assets.assets.images import STATUS_REPORT
 from mmc4_assets.corpus.status import OUTCOMES
+from mmc4_assets.downloader.storing.duplicates import KINDS
 from mmc4_assets.resources import StalenessPolicy
 from mmc4_assets.run_health import RunHealth
 from mmc4_assets.shard_metadata import fetch_records, latest_storage_ids, shard_due_at
@@ -39,7 +40,7 @@ def corpus_summary(
                 totals[outcome] += int(meta.get(f"outcome_{outcome}", 0))
             for row in _json(meta.get("standins_and_duplicates_by_site")):
                 site = sites.setdefault(str(row.get("site")), Counter())
-                site.update({kind: int(row.get(kind, 0)) for kind in _KINDS})
+                site.update({kind: int(row.get(kind, 0)) for kind in KINDS})
             due_at = shard_due_at(meta, staleness)
             if due_at is not None and due_at <= now:
                 stale_shards += 1
@@ -55,7 +56,7 @@ def corpus_summary(
             "stale_shards": stale_shards,
             "outcomes": dg.MetadataValue.md(outcome_table(totals)),
             **{f"outcome_{outcome}": count for outcome, count in totals.items()},
-            **{kind: sum(site[kind] for site in sites.values()) for kind in _KINDS[1:]},
+            **{kind: sum(site[kind] for site in sites.values()) for kind in KINDS[1:]},
             "standins_and_duplicates_by_site": dg.MetadataValue.md(_sites_table(sites)),
         }
     )
@@ -63,7 +64,6 @@ def corpus_summary(
 
 # Counted per site by each shard's status_report (storing/duplicates.py's by_site), among its
 # 20 sites with the most: a site below that in a shard is not counted there.
-_KINDS = ("placeholder", "exact_duplicates", "near_duplicates")
 
 
 def _json(value) -> list:
@@ -73,6 +73,6 @@ def _json(value) -> list:
 
 def _sites_table(sites: dict[str, Counter], top: int = 20) -> str:
     busiest = sorted(sites.items(), key=lambda item: (-sum(item[1].values()), item[0]))[:top]
-    rows = [f"| {site} | " + " | ".join(str(c[k]) for k in _KINDS) + " |" for site, c in busiest]
+    rows = [f"| {site} | " + " | ".join(str(c[k]) for k in KINDS) + " |" for site, c in busiest]
     head = "| site | stand-ins | exact duplicates | near duplicates |\n|---|---|---|---|\n"
     return head + ("\n".join(rows) or "| none | 0 | 0 | 0 |")

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..politeness.sites import site_of
+from .standins import row_sites
 
 _BUCKET_SCAN = 64
+KINDS = ("placeholder", "exact_duplicates", "near_duplicates")  # what by_site counts per site
 _BITS = 64
 
 
@@ -86,42 +87,39 @@ def mark_duplicates(table: pd.DataFrame, max_distance: int = 4) -> pd.DataFrame:
     return table.assign(duplicate_of=duplicate_of(table, max_distance))
 
 
+def _kinds(table: pd.DataFrame) -> pd.Series:
+    """Per row: "placeholder" for a stand-in, "exact_duplicates" for a copy with the original's
+    body, "near_duplicates" for another copy, None for the rest."""
+    kinds = pd.Series(None, index=table.index, dtype=object)
+    if table.empty or "duplicate_of" not in table.columns:
+        return kinds
+    bodies = dict(zip(table["image_name"], table["body_sha256"], strict=True))
+    copies = table["duplicate_of"].notna()
+    same = [
+        isinstance(body, str) and bodies.get(original) == body
+        for original, body in zip(
+            table.loc[copies, "duplicate_of"], table.loc[copies, "body_sha256"], strict=True
+        )
+    ]
+    kinds[copies] = ["exact_duplicates" if exact else "near_duplicates" for exact in same]
+    kinds[table["outcome"] == "placeholder"] = "placeholder"
+    return kinds
+
+
 def duplicate_counts(table: pd.DataFrame) -> tuple[int, int]:
     """(exact, near) duplicates the table records: exact when the body is the original's."""
-    if "duplicate_of" not in table.columns:
-        return 0, 0
-    copies = table[table["duplicate_of"].notna()]
-    if copies.empty:
-        return 0, 0
-    bodies = dict(zip(table["image_name"], table["body_sha256"], strict=True))
-    exact = sum(
-        isinstance(body, str) and bodies.get(original) == body
-        for original, body in zip(copies["duplicate_of"], copies["body_sha256"], strict=True)
-    )
-    return exact, len(copies) - exact
+    kinds = _kinds(table)
+    return int((kinds == "exact_duplicates").sum()), int((kinds == "near_duplicates").sum())
 
 
 def by_site(table: pd.DataFrame, top: int = 20) -> list[dict]:
     """Per site (of the image's host), its stand-ins (``placeholder``) and exact and near
     duplicates, for the ``top`` sites with the most of them: what ``status_report`` records and
     ``corpus_summary`` adds up."""
-    if table.empty or "duplicate_of" not in table.columns:
+    kinds = _kinds(table).dropna()
+    if kinds.empty:
         return []
-    bodies = dict(zip(table["image_name"], table["body_sha256"], strict=True))
-    counts: dict[str, list[int]] = {}
-    columns = ("host", "outcome", "duplicate_of", "body_sha256")
-    rows = zip(*(table[name] for name in columns), strict=True)
-    for host, outcome, original, body in rows:
-        if outcome == "placeholder":
-            kind = 0
-        elif isinstance(original, str):
-            kind = 1 if isinstance(body, str) and bodies.get(original) == body else 2
-        else:
-            continue
-        site = site_of(host) if isinstance(host, str) else "?"
-        counts.setdefault(site, [0, 0, 0])[kind] += 1
-    busiest = sorted(counts.items(), key=lambda item: (-sum(item[1]), item[0]))[:top]
-    return [
-        {"site": site, "placeholder": p, "exact_duplicates": e, "near_duplicates": n}
-        for site, (p, e, n) in busiest
-    ]
+    counts = pd.crosstab(row_sites(table.loc[kinds.index]), kinds)
+    counts = counts.reindex(columns=list(KINDS), fill_value=0)
+    order = sorted(counts.index, key=lambda site: (-int(counts.loc[site].sum()), site))[:top]
+    return [{"site": site, **{k: int(counts.loc[site, k]) for k in KINDS}} for site in order]

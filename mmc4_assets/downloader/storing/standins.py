@@ -76,13 +76,14 @@ def _url_key(url: str) -> str:
     return f"{parts.path}?{parts.query}" if parts.query else parts.path
 
 
-def _sites(table: pd.DataFrame) -> pd.Series:
+def row_sites(table: pd.DataFrame) -> pd.Series:
     """Each row's site: of its ``host`` (the requested URL's), else of its URL."""
     hosts = pd.Series("", index=table.index, dtype=object)
     if "host" in table.columns:
         hosts = table["host"].astype(object).where(table["host"].notna(), "")
     missing = hosts == ""
-    hosts = hosts.where(~missing, table["url"].astype(str).map(host_of))
+    if missing.any():  # only those rows' URLs are parsed
+        hosts[missing] = table.loc[missing, "url"].astype(str).map(host_of)
     return hosts.astype(str).map(site_of)
 
 
@@ -109,7 +110,7 @@ def _repeated_bodies(table: pd.DataFrame, min_urls: int, min_documents: int) -> 
         return {}
     frame = pd.DataFrame(
         {
-            "site": _sites(counted),
+            "site": row_sites(counted),
             "body": counted["body_sha256"].astype(str),
             "url": counted["url"].astype(str).map(_url_key),
             "doc": counted["doc"],
@@ -146,7 +147,7 @@ def find_standins(
     repeated = _repeated_bodies(table, min_urls, min_documents) if min_urls > 0 else {}
     if repeated:
         candidates = table[ok & table["body_sha256"].notna()]
-        keys = zip(_sites(candidates), candidates["body_sha256"].astype(str), strict=True)
+        keys = zip(row_sites(candidates), candidates["body_sha256"].astype(str), strict=True)
         for label, key in zip(candidates.index, keys, strict=True):
             if key in repeated and label not in verdicts:
                 urls, docs = repeated[key]
