@@ -15,10 +15,12 @@ about what we have in flight times unloaded / loaded latency.
   each test widens by twice the median's standard error, read from the report's own spread
   (``noise_margin``); answers that queue are slow alike and leave the tests as sharp as without.
 - **Unloaded latency** starts at the first report's lower quartile (a server that queues still
-  answers the first requests of a burst at once) and then follows the lowest median seen, as low
-  as the report proves (its median times its margin). When a cut in load did not bring the
-  latency down, the latency is not ours to fix (a slower server, or noise): the estimate moves up
-  to it instead of cutting again, so noise cannot collapse a limit.
+  answers the first requests of a burst at once), or its fastest answer where the report's
+  spread cannot explain it (three runs split that burst: ``idle_answer``), and then follows the
+  lowest median seen, as low as the report proves (its median times its margin). When a cut in
+  load did not bring the latency down, the latency is not ours to fix (a slower server, or
+  noise): the estimate moves up to it instead of cutting again, so noise cannot collapse a
+  limit.
 - **Grow** while the median is within ``HEADROOM`` of unloaded and the site is the bottleneck
   (every connection of its limit leased, some run wanting more): doubling per report at first
   (slow start), then by a tenth. A site with a handful of images never wants more than it has
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from dataclasses import dataclass
 
 TOLERANCE = 1.25  # median over unloaded past which the site is queueing: shrink
@@ -69,6 +72,10 @@ FORGET_S = 600.0  # a site unobserved this long starts over
 # window (1 s) and an answer's time: until then they only update the estimates, whichever run
 # sends them (three runs report three times a second, and must not change it three times).
 SETTLE_S = 1.5
+# A site's first answers (across runs): each report may lower the unloaded estimate to the
+# idle answer it holds (``idle_answer``).
+YOUNG_ANSWERS = 4 * MIN_SAMPLES
+TIGHT_SIGMA = 0.1  # a report's spread under which its answers are slow alike (queueing)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Observation:
     median: float  # their median time to the response head (s)
     errors: int = 0  # 5xx answers other than throttles, resets, timeouts
     slow: float = 0.0  # their upper quartile (0: not known)
+    least: float = 0.0  # the fastest of them (0: not known)
 
 
 @dataclass(frozen=True)
@@ -141,15 +149,16 @@ def next_limit(
     if settling:  # the load and latency before the change stay the reference
         unloaded = limit.unloaded
         if unloaded is None and seen.bodies >= MIN_SAMPLES:
-            unloaded = seen.fast
+            unloaded = first_unloaded(seen, noise)
         return dataclasses.replace(limit, unloaded=unloaded)
     if seen.bodies < MIN_SAMPLES:
         return new
     unloaded, slow_start = limit.unloaded, new.slow_start
     if unloaded is None:
-        # The first answers of a burst found the site idle, but by chance some are fast too.
-        unloaded = min(seen.median, seen.fast * noise)
-    elif seen.median * noise < unloaded and seen.bodies >= RELIABLE_SAMPLES:
+        unloaded = first_unloaded(seen, noise)
+    elif limit.answers - answers < YOUNG_ANSWERS:
+        unloaded = min(unloaded, idle_answer(seen))  # another run's share of the first burst
+    if seen.median * noise < unloaded and seen.bodies >= RELIABLE_SAMPLES:
         unloaded = seen.median * noise  # only as low as the report proves
     ratio = seen.median / unloaded if unloaded > 0 else 1.0
     load_fell = limit.in_use and in_use * 1.2 <= limit.in_use
@@ -184,6 +193,35 @@ def noise_margin(seen: Observation) -> float:
         return 1.0
     sigma = math.log(seen.slow / seen.median) / 0.674  # a log-normal's quartile over median
     return math.exp(2 * 1.2533 * sigma / math.sqrt(seen.bodies))  # 1.2533: the median's s.e.
+
+
+def first_unloaded(seen: Observation, noise: float) -> float:
+    """A site's first report: its first answers found the site idle, but by chance some of a
+    spread site's are fast too."""
+    return min(seen.median, seen.fast * noise, idle_answer(seen))
+
+
+def idle_answer(seen: Observation) -> float:
+    """The unloaded latency a report's fastest answer proves, when its spread cannot explain it.
+
+    A queueing server answers the first requests of a burst at once and every later one after
+    a wait: on a server that serves 2 at a time, with 4 in flight, two answers of 0.3 s, then
+    0.6 s each. Three runs sharing it split those first answers, so one run's report may hold
+    one fast answer among slow ones, below its lower quartile. A log-normal site's fastest of n
+    answers is also far below its median (about exp(-1.2 sigma) for 5): the answer counts only
+    down to where the report's spread (its upper half, as in ``noise_margin``) puts the fastest
+    of n by chance, and a queueing report's upper half is tight (its answers are slow alike).
+    The spread of a few answers is itself a guess, often too small (of 5 log-normal answers,
+    one report in three would put the unloaded latency below 80% of the site's median): so the
+    fastest answer counts only in a report whose upper half is within ``TIGHT_SIGMA`` (one in
+    ten of 5, one in seventy of 8, ~0 of 16).
+    """
+    n = seen.bodies
+    sigma = math.log(seen.slow / seen.median) / 0.674 if seen.slow > seen.median > 0 else 0.0
+    if seen.least <= 0 or n < 1 or sigma > TIGHT_SIGMA:
+        return math.inf
+    by_chance = -statistics.NormalDist().inv_cdf(0.625 / (n + 0.25))  # Blom: E[min of n]
+    return seen.least * math.exp(sigma * by_chance) * noise_margin(seen)
 
 
 def after_throttle(limit: SiteLimit, ceiling: int, now: float) -> SiteLimit:

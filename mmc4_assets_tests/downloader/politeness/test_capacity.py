@@ -27,7 +27,8 @@ def queueing_site(capacity_: int, in_flight: int, noise: float = 0.0, rng=None) 
         if in_flight > capacity_
         else samples[len(samples) // 4]
     )
-    return Observation(len(samples), fast, samples[len(samples) // 2], slow=slow)
+    least = min(fast, samples[0])
+    return Observation(len(samples), fast, samples[len(samples) // 2], slow=slow, least=least)
 
 
 def run(capacity_: int, *, start: int = 4, ceiling: int = 64, rounds: int = 40, noise=0.0):
@@ -64,7 +65,9 @@ def spread_site(sigma: float, in_flight: int, rng: random.Random) -> Observation
     around BASE, as the realistic benchmark web draws them (sigma 0.9 there)."""
     samples = sorted(BASE * math.exp(sigma * rng.gauss(0, 1)) for _ in range(max(5, 2 * in_flight)))
     n = len(samples)
-    return Observation(n, samples[n // 4], samples[n // 2], slow=samples[3 * n // 4])
+    return Observation(
+        n, samples[n // 4], samples[n // 2], slow=samples[3 * n // 4], least=samples[0]
+    )
 
 
 def test_answers_spread_like_the_webs_do_not_hold_the_limit_down():
@@ -82,6 +85,26 @@ def test_answers_spread_like_the_webs_do_not_hold_the_limit_down():
             seen.append(limit.allowed(64))
         assert sum(seen[-40:]) / 40 >= 48, (seed, seen)
         assert max(seen) <= 64
+
+
+def test_a_run_whose_first_report_holds_one_idle_answer_finds_the_unloaded_latency():
+    # Three runs share a server that serves 2 at once in 0.3 s, with 4 in flight: of its first
+    # answers two were immediate, the rest waited 0.3 s. One run's first report holds one of the
+    # immediate ones; its lower quartile is a waiting one.
+    first = Observation(5, fast=0.6, median=0.6, slow=0.61, least=0.3)
+    limit = next_limit(
+        fresh("shop.test", 4, 0.0), first, ceiling=64, in_use=4, bottleneck=True, now=1.0
+    )
+    assert limit.unloaded < 0.35
+    # The other runs' first reports may hold it instead.
+    late = next_limit(
+        dataclasses.replace(fresh("shop.test", 4, 0.0), unloaded=0.6, answers=5),
+        first, ceiling=64, in_use=4, bottleneck=True, now=3.0,
+    )  # fmt: skip
+    assert late.unloaded < 0.35 and late.allowed(64) <= 3
+    # A spread site's fastest answer is no proof: 5 log-normal answers (sigma 0.9).
+    spread = Observation(5, fast=0.29, median=0.5, slow=0.9, least=0.17)
+    assert capacity.idle_answer(spread) > 0.5
 
 
 def test_noisy_latency_does_not_collapse_the_limit():
