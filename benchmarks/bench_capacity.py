@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from urllib.parse import urlsplit
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +109,14 @@ def measure(mode: str, runs: int, args, work: Path, hosts: Path) -> dict:
         "images": len(outcomes),
         "ok": outcomes.count("ok"),
         "rate_limited": outcomes.count("rate_limited"),
+        "not_ok": dict(Counter(outcome for outcome in outcomes if outcome != "ok")),
+        "why_not_ok": dict(
+            Counter(
+                f"{urlsplit(url).hostname}: {outcome}: {error}"
+                for r in results
+                for url, outcome, error in r.get("failed", [])
+            ).most_common(5)
+        ),
         "wall_s": round(wall, 1),
         "images_per_s": round(len(outcomes) / wall, 1),
         "cdn_mean_in_flight": round(web.cdn.mean_in_flight(), 1),

@@ -23,7 +23,9 @@ def main(spec_path: str) -> None:
     table = download_shard(
         refs, data_dir=Path(spec["data_dir"]), shard=spec["shard"], settings=settings, stats=stats
     )
-    result = {"outcomes": table["outcome"].tolist(), "stats": stats}
+    rows = table[table["outcome"] != "ok"]
+    failed = [list(row) for row in zip(rows["url"], rows["outcome"], rows["error"])]
+    result = {"outcomes": table["outcome"].tolist(), "failed": failed, "stats": stats}
     Path(spec["result"]).write_text(json.dumps(result))
 
 

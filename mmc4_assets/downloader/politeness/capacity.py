@@ -26,7 +26,8 @@ about what we have in flight times unloaded / loaded latency.
   (slow start), then by a tenth. A site with a handful of images never wants more than it has
   and is never probed.
 - **Shrink** when the median passes ``TOLERANCE`` times unloaded: to the estimated capacity plus
-  the headroom, never below half at once; when a quarter of the answers (three at least) are
+  the headroom, never below half at once (at one request at a time, its latency is the
+  unloaded one whatever the estimate said); when a quarter of the answers (three at least) are
   errors (5xx, resets, timeouts): by 30%; on a throttle (429/503) that follows another soon: by
   half. Fast errors are no reason to grow: only bodies count as samples. Only a request's first
   attempt counts as an error: one broken URL tried three times within two seconds is one
@@ -163,12 +164,13 @@ def next_limit(
     ratio = seen.median / unloaded if unloaded > 0 else 1.0
     load_fell = limit.in_use and in_use * 1.2 <= limit.in_use
     fell_with_load = limit.loaded and seen.median * noise < 0.9 * limit.loaded
-    if ratio > TOLERANCE and load_fell and not fell_with_load:
-        # Less load did not bring the latency down: it is not queueing for us (noise, or a
-        # slower site). Take it as the site's unloaded latency and grow back quickly.
+    if ratio > TOLERANCE and (in_use <= 1 or load_fell and not fell_with_load):
+        # Less load did not bring the latency down, or one request at a time is still slow:
+        # it is not queueing for us (noise, a slower site, or an estimate that came out too
+        # low). Take it as the site's unloaded latency and grow back quickly.
         unloaded, ratio, slow_start = seen.median, 1.0, True
     new = dataclasses.replace(new, unloaded=unloaded, loaded=seen.median, slow_start=slow_start)
-    if ratio > TOLERANCE * noise and in_use > 2:
+    if ratio > TOLERANCE * noise and in_use > 1:
         capacity = max(1, min(in_use, new.limit)) / ratio
         target = max(new.limit * 0.5, min(new.limit, capacity * HEADROOM))
         return _set(new, target, ceiling, slow_start=False)
@@ -213,13 +215,17 @@ def idle_answer(seen: Observation) -> float:
     of n by chance, and a queueing report's upper half is tight (its answers are slow alike).
     The spread of a few answers is itself a guess, often too small (of 5 log-normal answers,
     one report in three would put the unloaded latency below 80% of the site's median): so the
-    fastest answer counts only in a report whose upper half is within ``TIGHT_SIGMA`` (one in
-    ten of 5, one in seventy of 8, ~0 of 16).
+    fastest answer counts only in a report whose quartiles are within ``TIGHT_SIGMA`` of each
+    other (by chance, for sigma 0.9: one report of 5 in forty, of 8 one in two thousand). Should
+    one still come out too low, a site cut to one request at a time that is still slow takes its
+    latency as unloaded (``next_limit``): a request alone queues behind none of ours.
     """
     n = seen.bodies
-    sigma = math.log(seen.slow / seen.median) / 0.674 if seen.slow > seen.median > 0 else 0.0
-    if seen.least <= 0 or n < 1 or sigma > TIGHT_SIGMA:
+    if seen.least <= 0 or n < MIN_SAMPLES or seen.fast <= 0:
         return math.inf
+    if math.log(seen.slow / seen.fast) / 1.349 > TIGHT_SIGMA:  # the quartiles' spread
+        return math.inf
+    sigma = math.log(seen.slow / seen.median) / 0.674 if seen.slow > seen.median else 0.0
     by_chance = -statistics.NormalDist().inv_cdf(0.625 / (n + 0.25))  # Blom: E[min of n]
     return seen.least * math.exp(sigma * by_chance) * noise_margin(seen)
 

@@ -144,6 +144,12 @@ class SiteQueue:
         """Slots ``site`` could use: images waiting (retries, parked) plus requests in flight."""
         return self._waiting[site] + self._active[site]
 
+    def runnable(self, site: str) -> int:
+        """Slots ``site`` could fill now: requests in flight plus images ready to start (not
+        parked, not waiting for a retry or a turn)."""
+        queue = self._pending.get(site)
+        return self._active[site] + (len(queue) if queue else 0)
+
     def active(self, site: str) -> int:
         return self._active[site]
 

@@ -107,6 +107,24 @@ def test_a_run_whose_first_report_holds_one_idle_answer_finds_the_unloaded_laten
     assert capacity.idle_answer(spread) > 0.5
 
 
+def test_an_unloaded_estimate_that_came_out_too_low_does_not_hold_a_site_at_two():
+    # The trap the realistic web found: wordpress.com's estimate at 120 ms, its answers at
+    # 320 ms whatever the load; at 2 connections nothing was cut or grown for 170 s.
+    limit = capacity.SiteLimit(
+        "wordpress.com", 2.0, unloaded=0.12, loaded=0.32, slow_start=False, in_use=2, peak=4.0
+    )
+    rng = random.Random(3)
+    for second in range(1, 16):
+        in_use = limit.allowed(64)
+        seen = spread_site(0.3, in_use, rng)
+        seen = dataclasses.replace(seen, fast=seen.fast * 0.64, median=seen.median * 0.64,
+                                   slow=seen.slow * 0.64, least=seen.least * 0.64)  # fmt: skip
+        limit = next_limit(
+            limit, seen, ceiling=64, in_use=in_use, bottleneck=True, now=float(second)
+        )
+    assert limit.allowed(64) >= 8 and limit.unloaded > 0.25
+
+
 def test_noisy_latency_does_not_collapse_the_limit():
     # Latency within +-40% of its mean whatever the load: no queueing to fix.
     settled = run(10_000, noise=0.4, rounds=60)[-30:]
