@@ -174,8 +174,18 @@ def ours(home: Path) -> list[psutil.Process]:
 
 
 def is_run(proc: psutil.Process) -> bool:
+    """A run's process: what a code server (`dagster api grpc`) starts (its multiprocessing
+    child), or `dagster api execute_run`."""
     try:
-        return "execute_run" in " ".join(proc.cmdline())
+        if "execute_run" in " ".join(proc.cmdline()):
+            return True
+        parent = proc.parent()
+        return (
+            parent is not None
+            and "grpc" in " ".join(parent.cmdline())
+            and "grpc" not in " ".join(proc.cmdline())
+            and "resource_tracker" not in " ".join(proc.cmdline())
+        )
     except psutil.Error:
         return False
 
@@ -272,6 +282,8 @@ def instance_rows(home: Path) -> dict:
                 out[f"runs_{status}"] = count
             out["runs_total"] = sum(v for k, v in out.items() if k.startswith("runs_"))
             out["backfills"] = db.execute("SELECT COUNT(*) FROM bulk_actions").fetchone()[0]
+            statuses = [s for (s,) in db.execute("SELECT status FROM bulk_actions")]
+            out["backfills_requested"] = statuses.count("REQUESTED")
     shards = [p for p in (history / "runs").glob("*.db") if p.name != "index.db"]
     out["event_log_rows"] = sum(scalar(p, "SELECT COUNT(*) FROM event_logs") for p in shards)
     out["event_log_run_dbs"] = len(shards)
@@ -312,7 +324,16 @@ class StatusRows:
 # --------------------------------------------------------------------------- analysis
 
 # Quantities that are counters of work done or of runs, not resources; no verdict for them.
-NO_VERDICT = ("t", "minutes", "shards_done", "images_done", "images_per_s_5min", "run_processes")
+NO_VERDICT = (
+    "t",
+    "minutes",
+    "shards_done",
+    "images_done",
+    "images_per_s_5min",
+    "run_processes",
+    "fault",
+    "backfills_requested",
+)
 
 
 def slope(xs: list[float], ys: list[float]) -> float | None:
@@ -325,34 +346,62 @@ def slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
 
 
+# Quantities that are the backfill's output or its history: they grow with every shard by design,
+# and their slope says how much (the verdict says "output"); every other quantity should be flat.
+OUTPUTS = (
+    "data_images",
+    "data_raw_docs",
+    "data_reassigned_docs",
+    "data_status",
+    "data_webdataset",
+    "runs_",
+    "event_log",
+    "index_event",
+    "materializations",
+    "home_history",
+    "home_storage",
+    "home_bytes",
+)
+
+
 def verdict(series: list[dict], key: str) -> dict:
     """Flat or growing: growing when the fitted rise over the shards done exceeds 10% of the
-    largest value seen (and 1 MB for bytes); projected to every shard of the corpus."""
+    largest value seen (and 1 MB for bytes); projected to every shard of the corpus. The fit
+    leaves out the warm-up (samples before a tenth of the shards were done: code loading)."""
     rows = [r for r in series if isinstance(r.get(key), int | float) and r[key] >= 0]
+    warm = [r for r in rows if r["shards_done"] >= 0.1 * rows[-1]["shards_done"] > 0]
+    rows = warm if len({r["shards_done"] for r in warm}) >= 3 else rows
     if len(rows) < 3:
         return {"verdict": "n/a"}
     shards = [r["shards_done"] for r in rows]
     images = [r["images_done"] for r in rows]
     values = [r[key] for r in rows]
     per_shard, per_image = slope(shards, values), slope(images, values)
-    out = {"first": values[0], "last": values[-1], "max": max(values)}
+    out = {"first": values[0], "last": values[-1], "max": max(values), "samples": len(rows)}
     if per_shard is None:
         return {**out, "verdict": "n/a (no shard finished)"}
     rise = per_shard * (shards[-1] - shards[0])
     floor = 1e6 if key.endswith("bytes") or key.startswith("rss") else 0.5
     growing = rise > max(0.1 * max(abs(v) for v in values), floor)
     projection = values[-1] + per_shard * (ALL_SHARDS - shards[-1])
+    label = "flat"
+    if growing:
+        label = "growing (output)" if key.startswith(OUTPUTS) else "GROWING"
     return {
         **out,
         "per_shard": per_shard,
         "per_image": per_image,
         "projected_23085": projection,
-        "verdict": "growing" if growing else "flat",
+        "verdict": label,
     }
 
 
 def add_rates(series: list[dict], window: float = 300.0) -> None:
-    """images/s over the trailing `window` seconds, on every sample."""
+    """images/s over the trailing `window` seconds, on every sample; a quantity not yet seen
+    (a folder or table not made yet) is 0."""
+    keys = {k for row in series for k in row if k != "fault"}
+    for row in series:
+        row.update({k: 0 for k in keys if k not in row})
     for i, row in enumerate(series):
         j = next(k for k in range(i + 1) if row["t"] - series[k]["t"] <= window)
         span = row["t"] - series[j]["t"]
@@ -372,7 +421,7 @@ def human(value: float | None, key: str) -> str:
 
 
 def report(series: list[dict]) -> dict:
-    keys = [k for k in series[-1] if k not in NO_VERDICT]
+    keys = sorted(k for k in series[-1] if k not in NO_VERDICT)
     verdicts = {k: verdict(series, k) for k in keys}
     last = series[-1]
     print(
@@ -564,8 +613,8 @@ def soak(args, work: Path, procs: dict, env: dict, port: int) -> list[dict]:
             f"{row['rss_runs'] / 1e6:.0f} MB",
             flush=True,
         )
-        idle = row["runs_QUEUED"] == row["runs_STARTED"] == 0
-        if args.until_done and row["shards_done"] >= args.shards and idle:
+        idle = row["runs_QUEUED"] == row["runs_STARTED"] == row.get("backfills_requested", 1) == 0
+        if args.until_done and idle:
             break
         if row["t"] >= args.minutes * 60:
             break
