@@ -293,6 +293,11 @@ def instance_rows(home: Path) -> dict:
         index,
         "SELECT COUNT(*) FROM event_logs WHERE dagster_event_type='ASSET_MATERIALIZATION'",
     )
+    ticks = home / "schedules" / "schedules.db"
+    out["sensor_ticks"] = scalar(ticks, "SELECT COUNT(*) FROM job_ticks")
+    out["sensor_ticks_with_runs"] = scalar(
+        ticks, "SELECT COUNT(*) FROM job_ticks WHERE status = 'SUCCESS'"
+    )
     ledger = home / "mmc4" / "site_ledger.sqlite"
     for table in ("mmc4_site_leases", "mmc4_site_state", "mmc4_site_limits"):
         out[f"ledger_{table.removeprefix('mmc4_site_')}_rows"] = scalar(
@@ -361,6 +366,7 @@ OUTPUTS = (
     "home_history",
     "home_storage",
     "home_bytes",
+    "sensor_ticks",
 )
 
 
