@@ -190,6 +190,13 @@ def is_run(proc: psutil.Process) -> bool:
         return False
 
 
+def is_code_server(proc: psutil.Process) -> bool:
+    try:
+        return "api grpc" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
 def tree_rss(root: psutil.Process, exclude: set[int]) -> int:
     total = 0
     try:
@@ -218,7 +225,12 @@ def memory(home: Path, daemon: subprocess.Popen, webserver: subprocess.Popen) ->
     sizes = {}
     for name, popen in (("daemon", daemon), ("webserver", webserver)):
         try:
-            sizes[f"rss_{name}"] = tree_rss(psutil.Process(popen.pid), run_pids)
+            proc = psutil.Process(popen.pid)
+            sizes[f"rss_{name}"] = tree_rss(proc, run_pids)
+            # Its own process alone, and its code servers: the daemon starts a new one now and
+            # then and keeps the old one while runs it started live, a step in the tree's RSS.
+            sizes[f"rss_{name}_alone"] = proc.memory_info().rss
+            sizes[f"{name}_code_servers"] = sum(is_code_server(c) for c in proc.children())
         except psutil.Error:
             sizes[f"rss_{name}"] = 0
     rss_runs = 0
@@ -468,7 +480,7 @@ def plot(series: list[dict], path: Path) -> None:
     minutes = [r["minutes"] for r in series]
     panels = [
         ("images/s (5 min)", ["images_per_s_5min"], 1),
-        ("RSS (MB)", ["rss_daemon", "rss_webserver", "rss_runs"], 1e6),
+        ("RSS (MB)", ["rss_daemon", "rss_daemon_alone", "rss_webserver", "rss_runs"], 1e6),
         ("instance (MB)", ["home_history_bytes", "home_storage_bytes", "home_mmc4_bytes"], 1e6),
         ("event log / runs", ["event_log_rows", "materializations", "runs_total"], 1),
         ("ledger rows", ["ledger_leases_rows", "ledger_state_rows", "ledger_limits_rows"], 1),
