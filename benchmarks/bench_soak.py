@@ -109,7 +109,13 @@ def start_web(work: Path, hosts: int, latency_ms: float) -> tuple[subprocess.Pop
     cmd += ["--cache-dir", str(work / "webcache")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     web = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=open(work / "web.log", "ab"),  # noqa: SIM115 - lives as long as the web
+        text=True,
+        start_new_session=True,
     )
     urls = [web.stdout.readline().strip() for _ in range(hosts)]
     if not all(u.startswith("http://") for u in urls):
@@ -614,12 +620,14 @@ def prepare(args, work: Path, procs: dict) -> tuple[dict, int, int]:
     return env, port, images
 
 
-def soak(args, work: Path, procs: dict, env: dict, port: int) -> list[dict]:
+def soak(args, work: Path, procs: dict, env: dict, port: int, series: list[dict]) -> None:
+    """Samples into `series` (kept when interrupted) until the time is up or, with
+    --until-done, the backfill is done."""
     home, data, scratch = work / "dagster_home", work / "data", work / "scratch"
     status = StatusRows(data)
     backfill = launch_backfill(port, args.shards)
     print(f"backfill {backfill} launched; webserver http://127.0.0.1:{port}; work {work}")
-    t0, series, faults = time.monotonic(), [], {"kill": False, "restart": False}
+    t0, faults = time.monotonic(), {"kill": False, "restart": False}
     while True:
         row = sample(t0, home, data, scratch, status, procs)
         series.append(row)
@@ -648,7 +656,6 @@ def soak(args, work: Path, procs: dict, env: dict, port: int) -> list[dict]:
             row["fault"] = "webserver restarted"
             print("fault: webserver restarted")
         time.sleep(max(0.0, args.interval - (time.monotonic() - t0 - row["t"])))
-    return series
 
 
 def interrupted(*_) -> None:
@@ -666,12 +673,14 @@ def main(argv: list[str] | None = None) -> int:
     images = 0
     try:
         env, port, images = prepare(args, work, procs)
-        series = soak(args, work, procs, env, port)
+        soak(args, work, procs, env, port, series)
     except KeyboardInterrupt:
         print("interrupted: stopping and reporting what was recorded")
     finally:
         cleanup(procs, work / "dagster_home")
     if not series:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         return 1
     add_rates(series)
     verdicts = report(series)
