@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -18,7 +18,7 @@ restarts the webserver (a negative value turns either off).
 At the end it prints a table: per quantity its first and last value, a least-squares slope per
 shard done and per image, the projection to 23,085 shards, and a verdict (flat or growing). It
 writes `benchmarks/results/bench_soak_<timestamp>.json` (series and verdicts), `.csv` (series) and
-`.png` (plots; matplotlib, a dev-only install: `.venv/bin/pip install matplotlib`).
+`.png` (plots; matplotlib, a dev-only install, with --no-deps: see benchmarks/README).
 
     flock /work/suite.lock .venv/bin/python benchmarks/bench_soak.py          # 150 shards, 60 min
     flock /work/suite.lock .venv/bin/python benchmarks/bench_soak.py --shards 6 --minutes 5 \\
@@ -473,7 +473,7 @@ def save(series: list[dict], verdicts: dict, meta: dict, stem: Path) -> None:
     try:
         plot(series, stem.with_suffix(".png"))
     except ImportError:
-        print("matplotlib is not installed: no plot (.venv/bin/pip install matplotlib)")
+        print("matplotlib is not installed: no plot (see benchmarks/README: pip install --no-deps)")
     print(f"\nwrote {stem}.json, .csv, .png")
 
 

@@ -24,7 +24,7 @@ def main(spec_path: str) -> None:
         refs, data_dir=Path(spec["data_dir"]), shard=spec["shard"], settings=settings, stats=stats
     )
     rows = table[table["outcome"] != "ok"]
-    failed = [list(row) for row in zip(rows["url"], rows["outcome"], rows["error"])]
+    failed = [list(row) for row in zip(rows["url"], rows["outcome"], rows["error"], strict=True)]
     result = {"outcomes": table["outcome"].tolist(), "failed": failed, "stats": stats}
     Path(spec["result"]).write_text(json.dumps(result))
 
