@@ -191,10 +191,17 @@ def noise_margin(seen: Observation) -> float:
     idle server. A queueing site's answers are slow alike, so its margin stays near 1 and it is
     still cut at once.
     """
-    if seen.median <= 0 or seen.slow <= seen.median or seen.bodies < 1:
+    if seen.bodies < 1:
         return 1.0
-    sigma = math.log(seen.slow / seen.median) / 0.674  # a log-normal's quartile over median
-    return math.exp(2 * 1.2533 * sigma / math.sqrt(seen.bodies))  # 1.2533: the median's s.e.
+    return math.exp(2 * 1.2533 * upper_spread(seen) / math.sqrt(seen.bodies))  # median's s.e.
+
+
+def upper_spread(seen: Observation) -> float:
+    """The log-normal sigma a report's upper half gives (upper quartile over median); 0 when
+    it is not known."""
+    if seen.median <= 0 or seen.slow <= seen.median:
+        return 0.0
+    return math.log(seen.slow / seen.median) / 0.674  # a log-normal's quartile over median
 
 
 def first_unloaded(seen: Observation, noise: float) -> float:
@@ -225,9 +232,8 @@ def idle_answer(seen: Observation) -> float:
         return math.inf
     if math.log(seen.slow / seen.fast) / 1.349 > TIGHT_SIGMA:  # the quartiles' spread
         return math.inf
-    sigma = math.log(seen.slow / seen.median) / 0.674 if seen.slow > seen.median else 0.0
     by_chance = -statistics.NormalDist().inv_cdf(0.625 / (n + 0.25))  # Blom: E[min of n]
-    return seen.least * math.exp(sigma * by_chance) * noise_margin(seen)
+    return seen.least * math.exp(upper_spread(seen) * by_chance) * noise_margin(seen)
 
 
 def after_throttle(limit: SiteLimit, ceiling: int, now: float) -> SiteLimit:

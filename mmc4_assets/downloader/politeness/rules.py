@@ -98,17 +98,8 @@ def after_throttle(
     their credits (``after_successes``).
     """
     if learned:
-        if answered:
-            state = dataclasses.replace(state, strikes=0)
-        plain = after_throttle(
-            state,
-            budget=budget,
-            retry_after=retry_after,
-            started_ago=started_ago,
-            backoff_base=backoff_base,
-            pause_cap=pause_cap,
-        )
-        return dataclasses.replace(plain, cap=None, credit=0)
+        strikes = 0 if answered else state.strikes
+        state = dataclasses.replace(state, strikes=strikes, cap=None, credit=0)
     now = state.now
     sent_at = now - max(0.0, started_ago)
     if state.throttled_at is not None and sent_at <= state.throttled_at:
@@ -119,7 +110,7 @@ def after_throttle(
     repeated = state.throttled_at is not None and now - state.throttled_at < REPEAT_WINDOW_S
     strikes = state.strikes + 1 if repeated else 1
     cap, credit = state.cap, state.credit
-    if repeated:
+    if repeated and not learned:
         cap, credit = max(1, state.budget(budget) // 2), 0
     if retry_after is not None:
         pause = min(retry_after, pause_cap)
