@@ -13,7 +13,8 @@ daemon, of the webserver and of all run processes (psutil, each tree), the insta
 rows (event log, runs, materializations, read-only sqlite3), the site ledger's rows, the data
 folder's files and bytes per top-level folder, scratch bytes, and runs by status. Faults, on by
 default: `--kill-run-at MIN` kills -9 one running run's process tree, `--restart-webserver-at MIN`
-restarts the webserver (a negative value turns either off).
+restarts the webserver, `--throttle-at MIN` makes the first host answer every request with 429
+(Retry-After: 5) for a minute (a negative value turns any of them off).
 
 At the end it prints a table: per quantity its first and last value, a least-squares slope per
 shard done and per image, the projection to 23,085 shards, and a verdict (flat or growing). It
@@ -575,6 +576,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-ms", type=float, default=100.0)
     p.add_argument("--kill-run-at", type=float, default=None, help="minutes (default 40%%)")
     p.add_argument("--restart-webserver-at", type=float, default=None, help="min (default 60%%)")
+    p.add_argument("--throttle-at", type=float, default=None, help="min (default 50%%)")
     p.add_argument("--no-sensor", action="store_true", help="leave the stale-image sensor off")
     p.add_argument("--until-done", action="store_true", help="stop once every shard is done")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -583,6 +585,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.kill_run_at = 0.4 * args.minutes
     if args.restart_webserver_at is None:
         args.restart_webserver_at = 0.6 * args.minutes
+    if args.throttle_at is None:
+        args.throttle_at = 0.5 * args.minutes
     return args
 
 
@@ -627,7 +631,7 @@ def soak(args, work: Path, procs: dict, env: dict, port: int, series: list[dict]
     status = StatusRows(data)
     backfill = launch_backfill(port, args.shards)
     print(f"backfill {backfill} launched; webserver http://127.0.0.1:{port}; work {work}")
-    t0, faults = time.monotonic(), {"kill": False, "restart": False}
+    t0, faults = time.monotonic(), {"kill": False, "restart": False, "throttle": False}
     while True:
         row = sample(t0, home, data, scratch, status, procs)
         series.append(row)
@@ -655,6 +659,11 @@ def soak(args, work: Path, procs: dict, env: dict, port: int, series: list[dict]
             faults["restart"] = True
             row["fault"] = "webserver restarted"
             print("fault: webserver restarted")
+        if 0 <= args.throttle_at <= row["minutes"] and not faults["throttle"]:
+            procs["web"].send_signal(signal.SIGUSR1)  # the busiest host answers 429 for 60 s
+            faults["throttle"] = True
+            row["fault"] = "first host throttling (429) for 60 s"
+            print("fault: " + row["fault"])
         time.sleep(max(0.0, args.interval - (time.monotonic() - t0 - row["t"])))
 
 

@@ -216,7 +216,10 @@ class _Handler(BaseHTTPRequestHandler):
         count = web._begin(host, path)
         try:
             web._stopping.wait(web.latency_ms / 1000 * random.uniform(0.85, 1.15))
-            _route(self, web, host, path, count, head)
+            if host == 0 and time.monotonic() < web.throttled_until and path != "/robots.txt":
+                self.send_body(429, b"slow down\n", "text/plain", {"Retry-After": "5"})
+            else:
+                _route(self, web, host, path, count, head)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         finally:
@@ -490,7 +493,13 @@ class LoopbackWeb:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        self.throttled_until = 0.0  # time.monotonic() before which the first host answers 429
         self.reset_counters()
+
+    def throttle_first_host(self, seconds: float) -> None:
+        """The busiest site throttling for a while: every request to the first host answers 429
+        (Retry-After: 5) for `seconds` from now (the soak's fault, by SIGUSR1)."""
+        self.throttled_until = time.monotonic() + seconds
 
     # lifecycle ------------------------------------------------------------------------------
     def start(self) -> LoopbackWeb:
@@ -680,6 +689,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--stall-seconds", type=float, default=60.0)
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--throttle-seconds", type=float, default=60.0, help="on SIGUSR1")
     args = parser.parse_args(argv)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -690,6 +700,7 @@ def main(argv: list[str] | None = None) -> None:
         stall_seconds=args.stall_seconds,
         cache_dir=args.cache_dir,
     )
+    signal.signal(signal.SIGUSR1, lambda *_: web.throttle_first_host(args.throttle_seconds))
     with web:
         for base in web.base_urls:
             print(base, flush=True)
