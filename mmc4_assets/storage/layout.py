@@ -51,7 +51,8 @@ def training_sizes(shard: int) -> str:
 
 
 def robots_txt(origin: str) -> str:
-    """The cached robots.txt of ``origin`` (``scheme://host:port``): one small JSON object."""
+    """Where earlier versions cached ``origin``'s robots.txt (``scheme://host:port``), one JSON
+    object per origin: read during an upgrade only (``politeness/robots_cache.py``)."""
     scheme, rest = origin.split("://", 1)
     host, _, port = rest.rpartition(":")
     return f"robots/{quote(f'{scheme}_{host}_{port}', safe='._-')}.json"

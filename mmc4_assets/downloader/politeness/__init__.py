@@ -11,7 +11,7 @@ a fetch loop's view, talking to its broker in the typed ``messages``; ``robots``
 # download step's metadata).
 COUNTERS = (
     "robots_txt_fetched",  # robots.txt requests answered or failed (a 429/503 is asked again)
-    "robots_txt_from_cache",  # origins whose robots.txt came from the data store's cache
+    "robots_txt_from_cache",  # origins whose robots.txt came from the ledger's cache
     "robots_txt_unavailable",  # origins whose robots.txt failed (5xx, unreachable): retried later
     "throttles",  # 429/503 answers received
     "sites_paused",  # sites this run saw paused, by its own throttles or another run's

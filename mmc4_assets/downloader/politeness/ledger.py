@@ -22,12 +22,13 @@ Why one module of ~520 lines: every method is one transaction over the same four
 ``sync`` touches all of them at once (leases, site states, limits, change marks); split by table,
 each part would need the others' locks and SQL to stay correct, and the reader would lose the
 one place that shows a transaction whole. What can stand alone already does (rules, capacity,
-backends).
+backends, and the robots.txt cache's table, which no ledger transaction touches: robots_cache).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -45,6 +46,11 @@ from .rules import (
 NOBODY = Others()
 
 _BATCH = 200  # rows per statement
+# A site's throttle state unchanged this long, and not paused, is forgotten (its row deleted,
+# at most _PRUNE rows per observation): the table holds the sites of the last day, not of the
+# corpus. A forgotten site starts over as a new one (no pause, no lowered budget).
+STATE_FORGET_S = 24 * 3600.0
+_PRUNE = 500
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS mmc4_site_leases (
@@ -77,6 +83,13 @@ SCHEMA = (
         settling INTEGER NOT NULL,
         answers INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS mmc4_site_limits_observed ON mmc4_site_limits (observed_at)",
+    # robots.txt fetched in the last 24 hours, bodies zlib-compressed (robots_cache.py).
+    """CREATE TABLE IF NOT EXISTS mmc4_robots (
+        origin TEXT PRIMARY KEY,
+        fetched_at DOUBLE PRECISION NOT NULL,
+        status INTEGER NOT NULL,
+        body BYTEA)""",
+    "CREATE INDEX IF NOT EXISTS mmc4_robots_fetched ON mmc4_robots (fetched_at)",
 )
 # Columns added to a table after its first release: (table, column, definition). A ledger made
 # before them gets them when a run opens it (``migrate``).
@@ -112,6 +125,11 @@ def migrate(cursor) -> None:
         cursor.execute(f"SELECT * FROM {table} LIMIT 0")
         if column not in {entry[0] for entry in cursor.description}:
             cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    # When the robots.txt table was made (the old layout is read for a day after: robots_cache).
+    cursor.execute(
+        "INSERT INTO mmc4_robots (origin, fetched_at, status) "
+        f"VALUES ('', {time.time()!r}, 0) ON CONFLICT (origin) DO NOTHING"
+    )
 
 
 class Synced(NamedTuple):
@@ -153,6 +171,7 @@ class SiteLedger:
     # -- what a backend provides --------------------------------------------------------------
 
     _marker = "?"
+    _skip_locked = ""  # rows another transaction holds are left for a later prune (Postgres)
 
     def _transaction(self, write: bool) -> contextlib.AbstractContextManager:
         raise NotImplementedError
@@ -179,7 +198,7 @@ class SiteLedger:
 
     def _states(self, cursor, sites: list[str], now: float) -> dict[str, SiteState]:
         found: dict[str, SiteState] = {}
-        for part in _chunks(sites):
+        for part in chunks(sites):
             cursor.execute(
                 f"SELECT {_STATE_COLUMNS} FROM mmc4_site_state "
                 f"WHERE site IN ({self._marks(len(part))})",
@@ -257,7 +276,7 @@ class SiteLedger:
         """One run's reports (site -> (observation, ceiling, start)): each site's limit after
         ``capacity.next_limit``, in one transaction. A limit that fell marks its site changed,
         so every holder comes down to it within a poll; limits unobserved for
-        ``capacity.FORGET_S`` are deleted."""
+        ``capacity.FORGET_S`` are deleted, and so are states past ``STATE_FORGET_S``."""
         sites = sorted(seen)
         if not sites:
             return {}
@@ -288,11 +307,17 @@ class SiteLedger:
                 f"DELETE FROM mmc4_site_limits WHERE observed_at < {self._marker}",
                 [now - capacity.FORGET_S],
             )
+            cursor.execute(
+                "DELETE FROM mmc4_site_state WHERE site IN (SELECT site FROM mmc4_site_state "
+                f"WHERE changed_at < {self._marker} AND paused_until < {self._marker} "
+                f"LIMIT {_PRUNE}{self._skip_locked})",
+                [now - STATE_FORGET_S, now],
+            )
         return out
 
     def _limits(self, cursor, sites: list[str]) -> dict[str, SiteLimit]:
         found: dict[str, SiteLimit] = {}
-        for part in _chunks(sites):
+        for part in chunks(sites):
             cursor.execute(
                 f"SELECT {_LIMIT_COLUMNS} FROM mmc4_site_limits "
                 f"WHERE site IN ({self._marks(len(part))})",
@@ -303,7 +328,7 @@ class SiteLedger:
         return found
 
     def _write_limits(self, cursor, limits: list[SiteLimit]) -> None:
-        for part in _chunks(limits):
+        for part in chunks(limits):
             values = ", ".join(f"({self._marks(10)})" for _ in part)
             cursor.execute(
                 f"INSERT INTO mmc4_site_limits ({_LIMIT_COLUMNS}) VALUES {values} "
@@ -334,7 +359,7 @@ class SiteLedger:
         """Connections leased per site (every holder), and the sites some holder wants more of."""
         leased: Counter[str] = Counter()
         wanting: set[str] = set()
-        for part in _chunks(sites):
+        for part in chunks(sites):
             cursor.execute(
                 "SELECT site, connections, wanted FROM mmc4_site_leases "
                 f"WHERE site IN ({self._marks(len(part))}) AND expires_at > {self._marker}",
@@ -354,7 +379,7 @@ class SiteLedger:
         held: Counter[str] = Counter()
         contenders: Counter[str] = Counter()
         waiting: Counter[str] = Counter()
-        for part in _chunks(sites):
+        for part in chunks(sites):
             cursor.execute(
                 "SELECT site, holder, connections, wanted FROM mmc4_site_leases "
                 f"WHERE site IN ({self._marks(len(part))}) "
@@ -386,7 +411,7 @@ class SiteLedger:
             )
 
     def _upsert_leases(self, cursor, rows: list[tuple]) -> None:
-        for part in _chunks(rows):
+        for part in chunks(rows):
             values = ", ".join(f"({self._marks(5)})" for _ in part)
             cursor.execute(
                 "INSERT INTO mmc4_site_leases (holder, site, connections, wanted, expires_at) "
@@ -415,7 +440,7 @@ class SiteLedger:
 
     def _drop(self, cursor, holder: str, sites: list[str]) -> None:
         """The holder's leases of ``sites`` end."""
-        for part in _chunks(sites):
+        for part in chunks(sites):
             cursor.execute(
                 f"DELETE FROM mmc4_site_leases WHERE holder = {self._marker} "
                 f"AND site IN ({self._marks(len(part))})",
@@ -514,6 +539,6 @@ def _want(want: tuple[int, ...]) -> tuple[int, int, int]:
     return wanted, ceiling, want[2] if len(want) > 2 else ceiling
 
 
-def _chunks(items: list, size: int = _BATCH) -> Iterator[list]:
+def chunks(items: list, size: int = _BATCH) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -91,6 +91,7 @@ class PostgresLedger(SiteLedger):
     """Tables in the Dagster instance's Postgres database, shared by runs on every machine."""
 
     _marker = "%s"
+    _skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, lease_seconds: float) -> None:
         import psycopg2

@@ -6,8 +6,8 @@ by ``protego``. RFC 9309's error rules: a 4xx (the file is unavailable) allows e
 images end this run as retryable failures (the stale-image sensor tries them again after its
 cool-down). Redirects are followed (five hops at most), at most the first 500 KiB is parsed,
 and a ``Crawl-delay`` for us spaces the origin's requests. What we fetched is kept
-(``RobotsEntry``) for 24 hours in the data store, so reruns and other runs do not fetch it
-again, and as a record of what the crawl obeyed.
+(``RobotsEntry``) for 24 hours in the site ledger's database (``robots_cache.py``), so reruns and
+other runs do not fetch it again.
 """
 
 from __future__ import annotations

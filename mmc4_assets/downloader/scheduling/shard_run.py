@@ -76,16 +76,16 @@ def download_shard(
     Duplicates of earlier images are recorded in ``duplicate_of`` (``storing/duplicates.py``).
 
     Politeness: every site's slots come from the ledger at ``settings.ledger_url`` (shared with
-    every run that names it), robots.txt entries from ``robots_store`` (default: the data
-    folder). ``stats``, when given, receives what politeness did (robots.txt fetched and cached,
-    throttles, the ledger's cost) and, under ``site_limits``, the learned limits of the busiest
-    sites (``SiteBroker.busiest``).
+    every run that names it), and so do robots.txt entries (``RobotsCache``; ``robots_store``,
+    default the data folder, holds entries in the old layout). ``stats``, when given, receives
+    what politeness did (robots.txt fetched and cached, throttles, the ledger's cost) and, under
+    ``site_limits``, the learned limits of the busiest sites (``SiteBroker.busiest``).
     """
     tls_context(settings.ca_bundle)  # an unusable CA bundle stops the run before any work
     tune_memory()
     run = _ShardRun(int(shard), settings, progress, progress_interval)
     run.held = held
-    run.robots = RobotsCache(robots_store or LocalStore(Path(data_dir)))
+    run.robots = RobotsCache(settings.ledger_url, robots_store or LocalStore(Path(data_dir)))
     if previous is None:
         previous = read_status(data_dir, shard)
     folder = Path(data_dir) / "images" / str(shard)
@@ -212,8 +212,10 @@ class _ShardRun(FetchLoop):
             self.politeness["ledger_ms"] += round(1000 * broker.stats["ledger_seconds"])
             self.politeness["ledger_errors"] += broker.stats["ledger_errors"]
             self.site_limits = broker.busiest()
-            if self.robots is not None and self.robots_fetched:
-                self.robots.save(self.robots_fetched)
+            if self.robots is not None:
+                if self.robots_fetched:
+                    self.robots.save(self.robots_fetched)
+                self.robots.close()
 
     def _fetch_in_workers(self, groups: list[list[ImageJob]], broker: SiteBroker) -> None:
         def tick(received: int) -> None:

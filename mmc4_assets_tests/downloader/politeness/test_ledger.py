@@ -141,6 +141,27 @@ def test_a_ledger_made_before_a_column_was_added_gets_it(ledger_url):
     reopened.close()
 
 
+def test_a_sites_state_unchanged_for_a_day_is_forgotten_unless_paused(ledger_url):
+    ledger = SiteLedger.open(ledger_url)
+    ledger.throttle("paused.net", budget=8, retry_after=3000.0, started_ago=0.0, **BACKOFF)
+    ledger.throttle("calm.net", budget=8, retry_after=None, started_ago=0.0, **BACKOFF)
+    ledger.throttle("fresh.net", budget=8, retry_after=None, started_ago=0.0, **BACKOFF)
+    time.sleep(0.45)  # calm.net's and fresh.net's pauses (0.4 s) are over
+    mark = ledger._marker
+    with ledger._transaction(write=True) as cursor:  # two of them last changed two days ago
+        cursor.execute(
+            f"UPDATE mmc4_site_state SET changed_at = {mark} WHERE site <> {mark}",
+            [time.time() - 48 * 3600, "fresh.net"],
+        )
+    seen = Observation(bodies=20, fast=0.25, median=0.3, slow=0.35)
+    ledger.observe({"cdn.net": (seen, 64, 4)})
+    with ledger._transaction(write=False) as cursor:
+        cursor.execute("SELECT site FROM mmc4_site_state")
+        assert {row[0] for row in cursor.fetchall()} == {"paused.net", "fresh.net"}
+    assert ledger.states(["calm.net"])["calm.net"].strikes == 0  # starts over as a new site
+    ledger.close()
+
+
 def test_successes_earn_a_lowered_budget_back(ledger_url):
     ledger = SiteLedger.open(ledger_url)
     ledger.throttle("s.org", budget=8, retry_after=0.0, started_ago=0.0, **BACKOFF)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zlib
 
 from mmc4_assets.corpus.status import check_status, retryable_mask
 from mmc4_assets.downloader import ImageRef, download_shard
+from mmc4_assets.downloader.politeness.ledger import SiteLedger
 from mmc4_assets.downloader.politeness.robots import origin_of
 from mmc4_assets.storage import layout
 from mmc4_assets_tests.downloader.fetching.test_breaker import SETTINGS as BREAKER_SETTINGS
@@ -78,28 +80,77 @@ def test_disallowed_paths_are_never_requested_and_our_token_beats_star(server, t
     assert agents == {SETTINGS.user_agent} and SETTINGS.user_agent.startswith("mmc4-assets/")
 
 
-def test_a_rerun_and_other_runs_read_robots_txt_from_the_cache(server, tmp_path):
+def ledger_rows(url: str) -> dict[str, tuple[float, int, bytes | None]]:
+    ledger = SiteLedger.open(url)
+    with ledger._transaction(write=False) as cursor:
+        cursor.execute("SELECT origin, fetched_at, status, body FROM mmc4_robots")
+        rows = {o: (t, s, bytes(b) if b is not None else None) for o, t, s, b in cursor}
+    ledger.close()
+    return rows
+
+
+def ledger_sql(url: str, statement: str, *args) -> None:
+    ledger = SiteLedger.open(url)
+    with ledger._transaction(write=True) as cursor:
+        cursor.execute(statement.replace("?", ledger._marker), list(args))
+    ledger.close()
+
+
+def test_runs_sharing_a_ledger_read_robots_txt_from_it_for_24_hours(server, tmp_path, ledger_url):
     host = host_with(server, robots_route("User-agent: *\nDisallow: /x/\n"))
+    origin = origin_of(host.url("/"))
     refs = refs_for([host])
-    first = download_shard(refs, data_dir=tmp_path, shard=1, settings=SETTINGS)
-    cached = tmp_path / layout.robots_txt(origin_of(host.url("/")))
-    entry = json.loads(cached.read_text())
-    assert entry["status"] == 200 and "Disallow: /x/" in entry["body"]
+    shared = dataclasses.replace(SETTINGS, ledger_url=ledger_url)
+    first = download_shard(refs, data_dir=tmp_path, shard=1, settings=shared)
+    fetched_at, status, body = ledger_rows(ledger_url)[origin]
+    assert status == 200 and b"Disallow: /x/" in zlib.decompress(body)
+    assert not (tmp_path / "robots").exists()  # no object per origin any more
     stats: dict = {}
-    second = download_shard(refs, data_dir=tmp_path / "other", shard=2, settings=SETTINGS)
-    again = download_shard(refs, data_dir=tmp_path, shard=3, settings=SETTINGS, stats=stats)
-    assert host.count("/robots.txt") == 2  # the run on another data folder fetched it too
+    # Another data folder, the same ledger: read from it; a lone run (no ledger) fetches.
+    again = download_shard(refs, data_dir=tmp_path / "b", shard=2, settings=shared, stats=stats)
     assert stats["robots_txt_from_cache"] == 1 and stats["robots_txt_fetched"] == 0
-    for table in (first, second, again):
+    lone = download_shard(refs, data_dir=tmp_path / "c", shard=3, settings=SETTINGS)
+    assert host.count("/robots.txt") == 2
+    for table in (first, again, lone):
         assert outcomes(table)[(0, 3)] == "robots_disallowed"
-    # An entry older than 24 hours is fetched again, as is a damaged one.
-    entry["fetched_at"] = time.time() - 25 * 3600
-    cached.write_text(json.dumps(entry))
-    download_shard(refs, data_dir=tmp_path, shard=4, settings=SETTINGS)
-    cached.write_text("{not json")
-    download_shard(refs, data_dir=tmp_path, shard=5, settings=SETTINGS)
+    # Past 24 hours an entry is fetched again, as is a damaged one; a save forgets other
+    # origins' entries past 24 hours, and keeps the row that says when the table was made.
+    day_ago = time.time() - 25 * 3600
+    aged = "UPDATE mmc4_robots SET fetched_at = ? WHERE origin = ?"
+    ledger_sql(ledger_url, aged, day_ago, origin)
+    ledger_sql(
+        ledger_url,
+        "INSERT INTO mmc4_robots (origin, fetched_at, status) VALUES (?, ?, 404)",
+        "http://gone.example:80",
+        day_ago,
+    )
+    download_shard(refs, data_dir=tmp_path, shard=4, settings=shared)
+    assert host.count("/robots.txt") == 3
+    rows = ledger_rows(ledger_url)
+    assert set(rows) == {origin, ""} and rows[origin][0] > time.time() - 60
+    ledger_sql(ledger_url, "UPDATE mmc4_robots SET body = ? WHERE origin = ?", b"junk", origin)
+    download_shard(refs, data_dir=tmp_path, shard=5, settings=shared)
     assert host.count("/robots.txt") == 4
-    assert json.loads(cached.read_text())["fetched_at"] > time.time() - 60
+
+
+def test_the_old_layout_is_read_during_the_tables_first_day(server, tmp_path, ledger_url):
+    host = host_with(server, robots_route("User-agent: *\nDisallow: /x/\n"))
+    origin = origin_of(host.url("/"))
+    refs = refs_for([host])
+    shared = dataclasses.replace(SETTINGS, ledger_url=ledger_url)
+    old = tmp_path / layout.robots_txt(origin)  # what earlier versions wrote, one per origin
+    old.parent.mkdir(parents=True)
+    entry = {"origin": origin, "fetched_at": time.time() - 60, "status": 200}
+    old.write_text(json.dumps({**entry, "body": "User-agent: *\nDisallow: /a.jpg\n"}))
+    stats: dict = {}
+    table = download_shard(refs, data_dir=tmp_path, shard=1, settings=shared, stats=stats)
+    assert host.count("/robots.txt") == 0 and stats["robots_txt_from_cache"] == 1
+    assert outcomes(table)[(0, 0)] == "robots_disallowed"  # the old entry's rule was obeyed
+    # A day after the table was made no old entry can be fresh: the folder is not read.
+    ledger_sql(ledger_url, "UPDATE mmc4_robots SET fetched_at = ? WHERE origin = ''", 0.0)
+    table = download_shard(refs, data_dir=tmp_path, shard=2, settings=shared)
+    assert host.count("/robots.txt") == 1 and outcomes(table)[(0, 3)] == "robots_disallowed"
+    assert outcomes(table)[(0, 0)] == "ok"
 
 
 def test_unavailable_robots_txt_allows_and_unreachable_forbids_for_now(

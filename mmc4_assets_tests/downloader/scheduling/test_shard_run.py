@@ -41,12 +41,7 @@ BIG_PNG = image_bytes(1600, 900, "PNG")
 
 
 def files_under(root: Path) -> set[str]:
-    """Every file under ``root`` but the robots.txt cache (robots/, tested on its own)."""
-    return {
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and "robots" not in p.relative_to(root).parts[:2]
-    }
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
 def by_key(table: pd.DataFrame) -> dict[tuple[int, int], dict]:
