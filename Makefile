@@ -94,6 +94,7 @@ demo: env
 
 # The UI and the daemon (schedules, sensors, the run queue) on the same instance.
 ui: env
+	$(BIN)/python -m mmc4_assets.run_health.pools  # the download pool's limit before any run
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev --host 127.0.0.1 --port 3000
 
 lint: env

@@ -609,6 +609,10 @@ def prepare(args, work: Path, procs: dict) -> tuple[dict, int, int]:
         "VIRTUAL_ENV": sys.prefix,
     }
     port = free_port()
+    # As `make ui` does: the download pool's limit exists before the first queued run.
+    subprocess.run(
+        [sys.executable, "-m", "mmc4_assets.run_health.pools"], env=env, cwd=ROOT, check=True
+    )
     procs["daemon"] = spawn(
         [str(BIN / "dagster-daemon"), "run", "-m", "mmc4_assets"], env, work / "daemon.log"
     )

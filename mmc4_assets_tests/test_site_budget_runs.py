@@ -79,7 +79,7 @@ def test_cli_runs_at_once_keep_a_sites_budget(tmp_path):
         metadata = [latest_metadata(instance, "downloaded_images", str(s)) for s in SHARDS]
     assert all(m["ok"] == 12 and m["most_requests_per_site"] <= 2 for m in metadata)
     assert all(m["ledger_transactions"] > 0 for m in metadata)
-    # robots.txt was asked for once per run at most, or read from the data folder's cache.
+    # robots.txt was asked for once per run at most, or read from the ledger's cache.
     assert sum(m["robots_txt_fetched"] for m in metadata) == server.count("/robots.txt") >= 1
     assert all(m["robots_txt_fetched"] + m["robots_txt_from_cache"] == 1 for m in metadata)
 

@@ -40,6 +40,7 @@ from mmc4_assets.resources import (
     ledger_url,
 )
 from mmc4_assets.run_health import RunHealth
+from mmc4_assets.run_health.pools import DOWNLOAD_POOL
 from mmc4_assets.storage import DataStore, layout
 from mmc4_assets.storage.image_sync import ImageSync
 from mmc4_assets.storage.placeholders import known_standins
@@ -173,7 +174,7 @@ def _report_metadata(
     partitions_def=shard_partitions,
     backfill_policy=SHARD_BACKFILL_POLICY,
     op_tags=DOWNLOAD_RUN_TAGS,
-    pool="mmc4_download",
+    pool=DOWNLOAD_POOL,
     name="download_images",
 )
 def download_images(
