@@ -317,11 +317,33 @@ def instance_rows(home: Path) -> dict:
     out["sensor_ticks_with_runs"] = scalar(
         ticks, "SELECT COUNT(*) FROM job_ticks WHERE status = 'SUCCESS'"
     )
+    out.update(tick_seconds(ticks))
     ledger = home / "mmc4" / "site_ledger.sqlite"
-    for table in ("mmc4_site_leases", "mmc4_site_state", "mmc4_site_limits"):
-        out[f"ledger_{table.removeprefix('mmc4_site_')}_rows"] = scalar(
-            ledger, f"SELECT COUNT(*) FROM {table}"
-        )
+    for table in ("mmc4_site_leases", "mmc4_site_state", "mmc4_site_limits", "mmc4_robots"):
+        name = table.removeprefix("mmc4_site_").removeprefix("mmc4_")
+        out[f"ledger_{name}_rows"] = scalar(ledger, f"SELECT COUNT(*) FROM {table}")
+    return out
+
+
+def tick_seconds(ticks: Path, sensors=("stale_images_sensor", "dead_runs_sensor")) -> dict:
+    """How long each sensor's latest tick took (its end_timestamp less its timestamp)."""
+    out = {f"tick_s_{name}": 0.0 for name in sensors}
+    if not ticks.exists():
+        return out
+    try:
+        with read_only(ticks) as db:
+            for name in sensors:
+                row = db.execute(
+                    "SELECT tick_body FROM job_ticks WHERE json_extract(tick_body, '$.job_name')"
+                    " = ? AND json_extract(tick_body, '$.end_timestamp') IS NOT NULL "
+                    "ORDER BY id DESC LIMIT 1",
+                    [name],
+                ).fetchone()
+                if row:
+                    body = json.loads(row[0])
+                    out[f"tick_s_{name}"] = round(body["end_timestamp"] - body["timestamp"], 3)
+    except (sqlite3.Error, KeyError, TypeError, ValueError):
+        pass
     return out
 
 
@@ -490,7 +512,7 @@ def plot(series: list[dict], path: Path) -> None:
         ("RSS (MB)", ["rss_daemon", "rss_daemon_alone", "rss_webserver", "rss_runs"], 1e6),
         ("instance (MB)", ["home_history_bytes", "home_storage_bytes", "home_mmc4_bytes"], 1e6),
         ("event log / runs", ["event_log_rows", "materializations", "runs_total"], 1),
-        ("ledger rows", ["ledger_leases_rows", "ledger_state_rows", "ledger_limits_rows"], 1),
+        ("ledger rows", [k for k in sorted(series[-1]) if k.startswith("ledger_")], 1),
         ("data (MB)", sorted(k for k in series[-1] if k.startswith("data_") and "bytes" in k), 1e6),
         ("scratch (MB)", ["scratch_bytes"], 1e6),
         ("shards done", ["shards_done"], 1),
