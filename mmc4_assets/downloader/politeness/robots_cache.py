@@ -52,7 +52,9 @@ class RobotsCache:
         wanted = sorted(set(origins))
         now = time.time()
         try:
-            entries, since = self._read(wanted)
+            # Without a ledger nothing outlives the run (its RobotsBook keeps the verdicts), and
+            # the old layout has no table's creation to wait out.
+            entries, since = self._read(wanted) if self.ledger_url else ({}, now)
         except (LedgerUnavailable, OSError, sqlite3.Error) as error:  # costs refetches, not the run
             log.warning("robots.txt cache unreadable (%s): fetching every robots.txt", error)
             return {}
@@ -97,6 +99,8 @@ class RobotsCache:
 
     def save(self, entries: Iterable[RobotsEntry]) -> None:
         """Keep ``entries`` (one per origin, the latest wins) and forget those past 24 hours."""
+        if not self.ledger_url:
+            return
         rows = {
             e.origin: (e.origin, e.fetched_at, e.status, zlib.compress(e.body.encode()))
             for e in entries
