@@ -748,6 +748,15 @@ def report_real(results: dict[str, tuple[int, dict]], config, summary: dict, set
             f"| {r['web_cpu_s']:.0f} | {r['web_share']:.0%} | {r['wall_s']:.0f} |"
         )
     print()
+    for name, (_, r) in results.items():
+        seconds = r.get("politeness", {}).get("request_seconds")
+        if seconds and r["wall_s"]:
+            limit = r.get("settings", {}).get("max_concurrency", 0)
+            r["requests_in_flight_mean"] = seconds / r["wall_s"]
+            print(
+                f"{name}: requests in flight {r['requests_in_flight_mean']:.0f} on average "
+                f"(max_concurrency {limit}), {seconds:,} request-seconds"
+            )
     rate = {name: r["images_per_s"] for name, (_, r) in results.items()}
     ok = {name: r["ok"] for name, (_, r) in results.items()}
     if "ours" in rate and "img2dataset" in rate:

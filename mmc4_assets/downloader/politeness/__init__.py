@@ -17,6 +17,7 @@ COUNTERS = (
     "sites_paused",  # sites this run saw paused, by its own throttles or another run's
     "origins_with_crawl_delay",  # origins whose robots.txt asks for a Crawl-delay (spaced)
     "most_requests_per_site",  # the most requests this run had in flight to one site
+    "request_seconds",  # time requests were in flight, summed (/ wall: the mean in flight)
     "ledger_transactions",  # the cost of sharing budgets: transactions with the site ledger
     "ledger_ms",  # and the time they took
     "ledger_errors",  # failed transactions (the ledger unreachable), retried

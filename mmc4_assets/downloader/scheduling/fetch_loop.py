@@ -177,7 +177,7 @@ class _Session:
         )
         self.breaker = HostBreaker(settings.breaker_failures)
         self.meter = ByteMeter()
-        self.counts = InFlight(owner.peak_site_requests)
+        self.counts = InFlight(owner.peak_site_requests, loop.time)
         self.tasks: set[asyncio.Task] = set()
         self.failure: list[BaseException] = []
         # Bodies waiting for a decoder before new requests wait too, but for the critical path.
@@ -253,6 +253,7 @@ class _Session:
         for site in list(gate.wanted):
             gate.want(site, 0)
         gate.flush(force=True)
+        politeness["request_seconds"] += round(self.counts.total_request_seconds())
         politeness["throttles"] += gate.throttles
         politeness["sites_paused"] += len(gate.paused_sites)
         if self.rules is not None:

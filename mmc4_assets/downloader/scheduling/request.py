@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -26,23 +27,39 @@ from .origin_rules import OriginRules
 
 
 class InFlight:
-    """Requests and decodes under way, and the most requests each site had at once."""
+    """Requests and decodes under way, the most requests each site had at once, and the time
+    requests were in flight, summed (``request_seconds``: over the wall time, the mean requests
+    in flight, which says whether ``max_concurrency`` or the sites bound the run)."""
 
-    def __init__(self, peaks: dict[str, int]) -> None:
+    def __init__(self, peaks: dict[str, int], clock: Callable[[], float]) -> None:
         self.requests = 0
         self.decoding = 0  # bodies handed to the decoders and not done yet
         self.per_site: Counter[str] = Counter()  # robots.txt requests included
         self.peaks = peaks
+        self.clock = clock
+        self.request_seconds = 0.0
+        self._since = clock()
+
+    def _integrate(self) -> None:
+        now = self.clock()
+        self.request_seconds += self.requests * (now - self._since)
+        self._since = now
 
     def start(self, site: str) -> None:
+        self._integrate()
         self.requests += 1
         self.per_site[site] += 1
         if self.per_site[site] > self.peaks.get(site, 0):
             self.peaks[site] = self.per_site[site]
 
     def end(self, site: str) -> None:
+        self._integrate()
         self.requests -= 1
         self.per_site[site] -= 1
+
+    def total_request_seconds(self) -> float:
+        self._integrate()
+        return self.request_seconds
 
 
 class Requests:

@@ -152,6 +152,20 @@ def test_per_site_limit_holds(server, tmp_path: Path):
     assert 2 <= s.max_active <= 3 and 2 <= other.max_active <= 3
 
 
+def test_request_seconds_sum_the_time_requests_were_in_flight(server, tmp_path: Path):
+    """Each request lasts at least the server's latency, and no more than the run: the sum
+    lies between (the figure behind the run's mean requests in flight)."""
+    s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(24)}, latency=0.25)
+    refs = [ImageRef(i, 0, f"a{i}.jpg", s.url(f"/{i}.jpg")) for i in range(24)]
+    stats: dict = {}
+    started = time.monotonic()
+    table = download_shard(refs, data_dir=tmp_path, shard=1, settings=SETTINGS, stats=stats)
+    wall = time.monotonic() - started
+    assert (table.outcome == "ok").all()
+    requests = 24 + 1  # and robots.txt
+    assert 0.25 * requests * 0.9 <= stats["request_seconds"] <= wall * SETTINGS.per_site + 1
+
+
 def test_resume_fetches_nothing_valid(server, tmp_path: Path):
     s = server({f"/{i}.jpg": (lambda h: send(h, 200, SMALL)) for i in range(10)})
     refs = [ImageRef(i, 0, f"{i}.jpg", s.url(f"/{i}.jpg")) for i in range(10)]
