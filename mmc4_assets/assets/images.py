@@ -104,7 +104,7 @@ def _images_metadata(
         "wall_seconds": rounded(wall),
         "folder": folder,
         **{name: int(politeness.get(name, 0)) for name in POLITENESS_COUNTERS},
-        # Near max_concurrency, that setting bounds the run; well under it, the sites do.
+        # Near max_concurrency, that setting bounds the run; well under it, the sites or the CPU.
         "requests_in_flight_mean": rounded(
             politeness.get("request_seconds", 0) / wall if wall else 0.0
         ),

@@ -253,7 +253,7 @@ class _Session:
         for site in list(gate.wanted):
             gate.want(site, 0)
         gate.flush(force=True)
-        politeness["request_seconds"] += round(self.counts.total_request_seconds())
+        politeness["request_seconds"] += round(self.counts.request_seconds())
         politeness["throttles"] += gate.throttles
         politeness["sites_paused"] += len(gate.paused_sites)
         if self.rules is not None:

@@ -37,12 +37,12 @@ class InFlight:
         self.per_site: Counter[str] = Counter()  # robots.txt requests included
         self.peaks = peaks
         self.clock = clock
-        self.request_seconds = 0.0
+        self._seconds = 0.0  # request-seconds up to _since
         self._since = clock()
 
     def _integrate(self) -> None:
         now = self.clock()
-        self.request_seconds += self.requests * (now - self._since)
+        self._seconds += self.requests * (now - self._since)
         self._since = now
 
     def start(self, site: str) -> None:
@@ -57,9 +57,10 @@ class InFlight:
         self.requests -= 1
         self.per_site[site] -= 1
 
-    def total_request_seconds(self) -> float:
+    def request_seconds(self) -> float:
+        """The time requests were in flight so far, summed."""
         self._integrate()
-        return self.request_seconds
+        return self._seconds
 
 
 class Requests:
