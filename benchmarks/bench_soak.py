@@ -602,6 +602,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-sensor", action="store_true", help="leave the stale-image sensor off")
     p.add_argument("--until-done", action="store_true", help="stop once every shard is done")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
+    p.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in the daemon's environment only (e.g. MALLOC_ARENA_MAX=2); repeatable",
+    )
+    p.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="tracemalloc snapshots of the daemon every 4 min into <work>/tracemalloc (use --keep)",
+    )
     args = p.parse_args(argv)
     if args.kill_run_at is None:
         args.kill_run_at = 0.4 * args.minutes
@@ -636,7 +648,9 @@ def prepare(args, work: Path, procs: dict) -> tuple[dict, int, int]:
         [sys.executable, "-m", "mmc4_assets.run_health.pools"], env=env, cwd=ROOT, check=True
     )
     procs["daemon"] = spawn(
-        [str(BIN / "dagster-daemon"), "run", "-m", "mmc4_assets"], env, work / "daemon.log"
+        [str(BIN / "dagster-daemon"), "run", "-m", "mmc4_assets"],
+        daemon_env(args, env, work),
+        work / "daemon.log",
     )
     procs["webserver"] = start_webserver(env, port, work)
     if not args.no_sensor:
@@ -648,6 +662,17 @@ def prepare(args, work: Path, procs: dict) -> tuple[dict, int, int]:
             capture_output=True,
         )
     return env, port, images
+
+
+def daemon_env(args, env: dict, work: Path) -> dict:
+    """The daemon's environment: the runs', plus `--daemon-env` and, with `--tracemalloc`, the
+    snapshot hook (mmc4_devtools/daemon_tracemalloc, into `<work>/tracemalloc`)."""
+    extra = dict(item.split("=", 1) for item in args.daemon_env)
+    if args.tracemalloc:
+        hook = ROOT / "mmc4_devtools" / "daemon_tracemalloc"
+        extra["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
+        extra["MMC4_TRACEMALLOC_DIR"] = str(work / "tracemalloc")
+    return {**env, **extra}
 
 
 def soak(args, work: Path, procs: dict, env: dict, port: int, series: list[dict]) -> None:
