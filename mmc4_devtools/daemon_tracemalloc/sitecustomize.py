@@ -13,6 +13,7 @@ import os
 
 if os.environ.get("MMC4_TRACEMALLOC_DIR"):
     import gc
+    import itertools
     import threading
     import time
     import tracemalloc
@@ -23,16 +24,11 @@ if os.environ.get("MMC4_TRACEMALLOC_DIR"):
     tracemalloc.start(12)
     os.makedirs(_FOLDER, exist_ok=True)
 
-    def _rss() -> int:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
     def _snapshots() -> None:
+        import psutil  # at the first snapshot, not at the daemon's start-up
+
         started = time.monotonic()
-        for n in range(1, 1 << 30):
+        for n in itertools.count(1):
             time.sleep(_EVERY)
             unreachable = gc.collect()
             path = os.path.join(_FOLDER, f"snap-{os.getpid()}-{n:03d}.tm")
@@ -41,7 +37,7 @@ if os.environ.get("MMC4_TRACEMALLOC_DIR"):
             with open(os.path.join(_FOLDER, "memory.log"), "a") as log:
                 log.write(
                     f"{n} t={time.monotonic() - started:.0f}s traced={traced} peak={peak} "
-                    f"rss={_rss()} unreachable={unreachable}\n"
+                    f"rss={psutil.Process().memory_info().rss} unreachable={unreachable}\n"
                 )
 
     threading.Thread(target=_snapshots, daemon=True, name="mmc4-tracemalloc").start()
