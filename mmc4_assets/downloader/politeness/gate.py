@@ -157,7 +157,8 @@ class SiteGate:
             n = len(samples)
             quartiles = (samples[n // 4], samples[n // 2], samples[3 * n // 4]) if n else (0.0,) * 3
             fast, median, slow = quartiles
-            seen = Observation(n, fast, median, errors, slow, samples[0] if n else 0.0)
+            least = samples[0] if n else 0.0
+            seen = Observation(n, fast, median, errors, slow, least, span=waited)
             self._outbox.append(Observed(site, seen, budgets(site), budgets.start(site)))
             self._samples.pop(site, None)
             self._errors.pop(site, None)

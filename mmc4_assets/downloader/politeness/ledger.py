@@ -284,7 +284,7 @@ class SiteLedger:
             now = self._now(cursor)
             self._lock_sites(cursor, sites)
             learned = self._limits(cursor, sites)
-            leased, wanting = self._demand(cursor, sites, now)
+            leased, wanting, holders = self._demand(cursor, sites, now)
             out: dict[str, SiteLimit] = {}
             fell = []
             for site in sites:
@@ -297,6 +297,7 @@ class SiteLedger:
                     ceiling=ceiling,
                     in_use=in_use,
                     bottleneck=in_use >= before.allowed(ceiling) and site in wanting,
+                    shared=holders[site] > 1,
                     now=now,
                 )
                 if out[site].allowed(ceiling) < before.allowed(ceiling):
@@ -355,10 +356,14 @@ class SiteLedger:
                 ],
             )
 
-    def _demand(self, cursor, sites: list[str], now: float) -> tuple[Counter[str], set[str]]:
-        """Connections leased per site (every holder), and the sites some holder wants more of."""
+    def _demand(
+        self, cursor, sites: list[str], now: float
+    ) -> tuple[Counter[str], set[str], Counter[str]]:
+        """Connections leased per site (every holder), the sites some holder wants more of, and
+        the holders per site (runs holding or wanting some of it)."""
         leased: Counter[str] = Counter()
         wanting: set[str] = set()
+        holders: Counter[str] = Counter()
         for part in chunks(sites):
             cursor.execute(
                 "SELECT site, connections, wanted FROM mmc4_site_leases "
@@ -367,9 +372,10 @@ class SiteLedger:
             )
             for site, connections, wanted in cursor.fetchall():
                 leased[site] += int(connections)
+                holders[site] += connections > 0 or wanted > 0
                 if wanted > connections:
                     wanting.add(site)
-        return leased, wanting
+        return leased, wanting, holders
 
     def _leases(
         self, cursor, holder: str, sites: list[str], now: float

@@ -107,6 +107,51 @@ def test_a_run_whose_first_report_holds_one_idle_answer_finds_the_unloaded_laten
     assert capacity.idle_answer(spread) > 0.5
 
 
+def test_a_run_whose_report_holds_the_bursts_two_idle_answers_lowers_the_estimate():
+    # Three runs start together at a server that serves 2 at once in 0.3 s. The first report to
+    # reach the ledger held only answers that had waited (0.6 s); another run's first report
+    # holds both immediate answers, its lower quartile among them. Its quartiles are far apart
+    # (no single idle answer to trust), but its lower quartile is what a first report would
+    # have been trusted with: before, the estimate stayed at 0.6 s (the capacity benchmark's
+    # 559 ms). And the first report must not grow the limit: at a ratio of 1.0 it doubled to
+    # 8 before the other runs had reported, and the server shed 3% of our requests with 503s.
+    first = Observation(5, fast=0.6, median=0.6, slow=0.61, least=0.6)
+    shop = fresh("shop.test", 4, 0.0)
+    kw = dict(ceiling=64, in_use=4, bottleneck=True)
+    limit = next_limit(shop, first, **kw, shared=True, now=1.0)
+    assert limit.unloaded >= 0.6 and limit.allowed(64) == 4
+    # A run alone at the site: its first report holds the whole burst, and it grows at once.
+    assert next_limit(shop, first, **kw, now=1.0).allowed(64) == 8
+    burst = Observation(5, fast=0.3, median=0.6, slow=0.6, least=0.3)
+    limit = next_limit(limit, burst, **kw, shared=True, now=3.0)
+    assert limit.unloaded < 0.35 and limit.allowed(64) <= 4
+    # Past the site's first answers a report's lower quartile no longer lowers it: later bursts
+    # are the site's own spread, judged by the median.
+    old = dataclasses.replace(limit, unloaded=0.6, answers=capacity.YOUNG_ANSWERS + 5)
+    later = next_limit(old, burst, **kw, shared=True, now=9.0)
+    assert later.unloaded == 0.6
+
+
+def test_a_report_whose_answers_span_a_cut_does_not_move_the_estimate_up():
+    # The shop (serves 2 in 0.3 s) was cut from 8 to 4 at t=10. A run's next report gathered its
+    # 5 answers over the 2.5 s before it, most of them sent under the old load: they are slow
+    # (1.2 s), though the load fell. Read as "less load did not help", it once moved the
+    # estimate up to 1.2 s and doubled the limit to 9, and the shop shed with 503s.
+    cut = capacity.SiteLimit(
+        "shop.test", 4.0, unloaded=0.3, loaded=1.2, slow_start=False, in_use=8,
+        observed_at=10.0, peak=8.0, settling=True, answers=200,
+    )  # fmt: skip
+    old_load = Observation(5, fast=1.2, median=1.2, slow=1.2, least=1.1, span=2.5)
+    after = next_limit(cut, old_load, ceiling=64, in_use=4, bottleneck=True, shared=True, now=12.0)
+    assert after.unloaded == 0.3 and after.allowed(64) == 4
+    # Once its answers were all sent after the cut, a report counts again.
+    new_load = Observation(5, fast=0.6, median=0.6, slow=0.6, least=0.3, span=2.0)
+    later = next_limit(
+        after, new_load, ceiling=64, in_use=4, bottleneck=True, shared=True, now=13.5
+    )
+    assert later.unloaded == 0.3 and later.allowed(64) <= 4 and not later.slow_start
+
+
 def test_an_unloaded_estimate_that_came_out_too_low_does_not_hold_a_site_at_two():
     # The trap the realistic web found: wordpress.com's estimate at 120 ms, its answers at
     # 320 ms whatever the load; at 2 connections nothing was cut or grown for 170 s.

@@ -247,3 +247,18 @@ def test_a_run_short_of_a_site_others_hold_tells_them_at_once(ledger_url):
     for ledger, holder in ((first, "a"), (second, "b")):
         ledger.release_all(holder)
         ledger.close()
+
+
+def test_a_young_site_grows_for_a_run_alone_not_while_runs_share_its_first_burst(ledger_url):
+    """While other runs may still report a site's first answers (docs/politeness.md, "Grow"),
+    the ledger does not grow its limit; a run alone at the site holds its whole first burst."""
+    ledger = SiteLedger.open(ledger_url)
+    first_report = Observation(bodies=5, fast=0.3, median=0.3, slow=0.3, least=0.3)
+    assert ledger.sync("a", {"alone.test": (8, 64, 4)})[0] == {"alone.test": 4}
+    assert ledger.observe({"alone.test": (first_report, 64, 4)})["alone.test"].limit == 8
+    assert ledger.sync("a", {"shared.test": (8, 64, 4)})[0] == {"shared.test": 4}
+    assert ledger.sync("b", {"shared.test": (8, 64, 4)})[0] == {"shared.test": 0}  # it waits
+    assert ledger.observe({"shared.test": (first_report, 64, 4)})["shared.test"].limit == 4
+    for holder in ("a", "b"):
+        ledger.release_all(holder)
+    ledger.close()
