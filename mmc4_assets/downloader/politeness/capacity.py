@@ -78,7 +78,7 @@ FORGET_S = 600.0  # a site unobserved this long starts over
 # and must not change it three times).
 SETTLE_S = 1.5
 # A site's first answers (across runs): each report may lower the unloaded estimate to the
-# idle answer it holds (``idle_answer``).
+# idle answers it holds (``idle_answer``, ``burst_answers``), and none grows a shared site.
 YOUNG_ANSWERS = 4 * MIN_SAMPLES
 TIGHT_SIGMA = 0.1  # a report's spread under which its answers are slow alike (queueing)
 
