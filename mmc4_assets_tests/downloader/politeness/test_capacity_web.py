@@ -66,7 +66,9 @@ def test_a_small_server_gets_about_what_it_can_serve(site, tmp_path):
     assert server.mean_in_flight() <= 3.5
     (row,) = stats["site_limits"]
     assert row["site"] == "127.0.0.1" and row["limit_at_end"] <= 4
-    assert 250 <= row["unloaded_ms"] <= 400
+    # Near its 300 ms (the bug this guards read 559). Times are the client's own, so on a busy
+    # machine (the suite beside it) they carry the event loop's delay: one suite run read 402.
+    assert 250 <= row["unloaded_ms"] <= 450
 
 
 def test_a_mid_sized_server_converges_near_its_capacity(site, tmp_path):
