@@ -31,7 +31,11 @@ _memory_tuned = False
 
 
 def tune_memory() -> None:
-    """Make this process hold less memory per body and per connection (Linux glibc); once."""
+    """Make this process hold less memory per body and per connection (Linux glibc); once.
+
+    The same three allocator values reach the daemon, which runs none of our code, as
+    environment (``MALLOC_ARENA_MAX`` etc.): the Makefile's ``MALLOC_ENV`` and the Helm values'
+    ``dagsterDaemon.env``. Change them together."""
     global _memory_tuned
     if _memory_tuned:
         return
